@@ -1,0 +1,119 @@
+"""Checkpoint files of our own: weights + architecture config + metadata.
+
+Files are written atomically (temporary file in the same folder, then
+rename) and read with ``weights_only=True`` and strict key matching.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbones import build_network
+
+FORMAT = "disback-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, malformed or does not match its network."""
+
+
+@dataclass
+class Checkpoint:
+    """A network with the config needed to rebuild it and free-form metadata."""
+
+    net: torch.nn.Module
+    config: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_state_strict(net: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Load ``state_dict`` into ``net``; fail naming ``source`` on any key mismatch."""
+    expected = set(net.state_dict())
+    given = set(state_dict)
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: state_dict does not match the network "
+            f"(missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
+            f"unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}). "
+            "Was it saved from a different architecture? Check the network config."
+        )
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{source}: {exc}") from exc
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
+    state = {k: v.detach().cpu() for k, v in ckpt.net.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "network": dict(ckpt.config),
+        "state_dict": state,
+        "metadata": dict(ckpt.metadata),
+    }
+    atomic_torch_save(payload, path)
+
+
+def read_payload(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint file {path} does not exist; train it first (e.g. `kedro run "
+            "--pipelines=teacher`) or point the parameter at an existing file"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors of many kinds
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a disback-pipeline checkpoint (no '{FORMAT}' header). EDM snapshot "
+            "pickles must be converted first."
+        )
+    for key in ("network", "state_dict", "metadata"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks its '{key}' entry")
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the network from its stored config and load its weights strictly."""
+    payload = read_payload(path)
+    try:
+        net = build_network(payload["network"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    load_state_strict(net, payload["state_dict"], str(path))
+    return Checkpoint(net.to(device).eval(), dict(payload["network"]), dict(payload["metadata"]))
+
+
+def load_weights_into(net: torch.nn.Module, path: str | Path) -> dict:
+    """Load a checkpoint's weights strictly into an existing network; returns its metadata."""
+    payload = read_payload(path)
+    load_state_strict(net, payload["state_dict"], str(path))
+    return dict(payload["metadata"])

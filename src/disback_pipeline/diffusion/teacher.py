@@ -1,0 +1,53 @@
+"""Teacher pre-training: network config from the data, then EDM DSM training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backbones import build_network
+from .checkpoint import Checkpoint
+from .data import DataSource
+from .losses import EDMLoss
+from .training import StepCallback, seed_everything, select_device, train_dsm
+
+
+def network_config_for(source: DataSource, network: dict[str, Any]) -> dict[str, Any]:
+    """Complete a network config with the shape and label count of the data."""
+    cfg = dict(network)
+    cfg["label_dim"] = source.label_dim
+    if cfg.get("backbone") == "mlp":
+        if len(source.shape) != 1:
+            raise ValueError(
+                f"backbone 'mlp' needs vector data, but {source.name} has shape {source.shape}; "
+                "use backbone 'unet' for images"
+            )
+        cfg["dim"] = source.shape[0]
+    elif cfg.get("backbone") == "unet":
+        if len(source.shape) != 3:
+            raise ValueError(f"backbone 'unet' needs images, but {source.name} has shape {source.shape}")
+        cfg["in_channels"], cfg["img_resolution"] = source.shape[0], source.shape[1]
+    return cfg
+
+
+def pretrain_teacher(source: DataSource, network: dict[str, Any], training: dict[str, Any],
+                     seed: int, device: str = "auto", bf16: bool = False,
+                     on_step: StepCallback | None = None) -> tuple[Checkpoint, list[dict]]:
+    """Train a teacher from scratch; returns its EMA checkpoint and the loss history.
+
+    ``training`` keys: steps, batch_size, lr, ema_decay, optional betas,
+    P_mean, P_std, grad_clip, log_every.
+    """
+    dev = select_device(device)
+    seed_everything(seed)
+    config = network_config_for(source, network)
+    net = build_network(config)
+    loss_fn = EDMLoss(training.get("P_mean", -1.2), training.get("P_std", 1.2), net.sigma_data)
+    ema_net, history = train_dsm(
+        net, source.sample, int(training["steps"]), int(training["batch_size"]), float(training["lr"]),
+        ema_decay=float(training.get("ema_decay", 0.999)), loss_fn=loss_fn,
+        betas=training.get("betas", (0.9, 0.999)), grad_clip=training.get("grad_clip"),
+        log_every=int(training.get("log_every", 100)), device=dev, bf16=bf16, desc="teacher",
+        on_step=on_step,
+    )
+    meta = {"role": "teacher", "step": int(training["steps"]), "dataset": source.name, "seed": int(seed)}
+    return Checkpoint(ema_net.cpu(), config, meta), history

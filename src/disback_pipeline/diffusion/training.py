@@ -1,0 +1,118 @@
+"""Training helpers: device choice, autocast, EMA and the DSM training loop."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DataSource
+from .losses import EDMLoss
+
+log = logging.getLogger(__name__)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``/``cuda`` force one."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op elsewhere."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(int(seed))
+
+
+class EMA:
+    """Exponential moving average of a network's weights (decay per step)."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        for p_ema, p in zip(self.net.parameters(), net.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - self.decay)
+        for b_ema, b in zip(self.net.buffers(), net.buffers()):
+            b_ema.copy_(b)
+
+
+def make_adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    return torch.optim.Adam(params, lr=float(lr), betas=tuple(float(b) for b in betas))
+
+
+def progress(total: int, desc: str):
+    """A progress bar shown only when stderr is a terminal."""
+    return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+
+
+StepCallback = Callable[[int, dict], None]
+
+
+def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int, batch_size: int,
+              lr: float, ema_decay: float = 0.999, loss_fn: EDMLoss | None = None,
+              betas=(0.9, 0.999), grad_clip: float | None = None, log_every: int = 100,
+              device: torch.device | str = "cpu", bf16: bool = False, desc: str = "dsm",
+              on_step: StepCallback | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """Train ``net`` with the EDM DSM loss on batches from ``batches(n) -> (x0, labels)``.
+
+    Returns the EMA network and a history of per-step records
+    ``{step, loss, wall_clock_s}``. ``on_step(step, record)`` is called after
+    every step (e.g. to log metrics); a status line is logged every
+    ``log_every`` steps.
+    """
+    device = torch.device(device)
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+    loss_fn = loss_fn or EDMLoss()
+    net.to(device).train()
+    ema = EMA(net, ema_decay)
+    opt = make_adam(net.parameters(), lr, betas)
+    history: list[dict] = []
+    start = last = time.perf_counter()
+    with progress(steps, desc) as bar:
+        for step in range(1, steps + 1):
+            x0, labels = batches(batch_size)
+            x0 = x0.to(device)
+            labels = None if labels is None else labels.to(device)
+            with autocast(device, bf16):
+                loss = loss_fn(net, x0, labels).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+            opt.step()
+            ema.update(net)
+            record = {"step": step, "loss": float(loss), "wall_clock_s": time.perf_counter() - start}
+            history.append(record)
+            if on_step is not None:
+                on_step(step, record)
+            bar.update(1)
+            if log_every and (step % log_every == 0 or step == steps):
+                now = time.perf_counter()
+                span = log_every if step % log_every == 0 else step % log_every
+                log.info("%s step %d/%d | %.4f s/step | loss %.4f", desc, step, steps,
+                         (now - last) / span, record["loss"])
+                last = now
+    net.eval()
+    return ema.net, history
