@@ -8,6 +8,7 @@ from typing import Any
 from kedro.io import AbstractDataset
 
 from .diffusion.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .diffusion.path import DegradationPath, load_path, save_path
 
 
 class CheckpointDataset(AbstractDataset[Checkpoint, Checkpoint]):
@@ -31,3 +32,27 @@ class CheckpointDataset(AbstractDataset[Checkpoint, Checkpoint]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class DegradationPathDataset(AbstractDataset[DegradationPath, DegradationPath]):
+    """The degradation path folder: ``step_<key>.pt`` files plus ``manifest.json``.
+
+    Loading reads the manifest only; each node's weights are read (and their
+    hash checked) when the backtracking loop switches to it.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = PurePosixPath(path)
+        self.metadata = metadata
+
+    def load(self) -> DegradationPath:
+        return load_path(self._path)
+
+    def save(self, data: DegradationPath) -> None:
+        save_path(data, self._path)
+
+    def _exists(self) -> bool:
+        return (Path(self._path) / "manifest.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -35,7 +35,7 @@ def pretrain_teacher(source: DataSource, network: dict[str, Any], training: dict
     """Train a teacher from scratch; returns its EMA checkpoint and the loss history.
 
     ``training`` keys: steps, batch_size, lr, ema_decay, optional betas,
-    P_mean, P_std, grad_clip, log_every.
+    P_mean, P_std, grad_clip, lr_schedule, warmup_steps, log_every.
     """
     dev = select_device(device)
     seed_everything(seed)
@@ -46,7 +46,8 @@ def pretrain_teacher(source: DataSource, network: dict[str, Any], training: dict
         net, source.sample, int(training["steps"]), int(training["batch_size"]), float(training["lr"]),
         ema_decay=float(training.get("ema_decay", 0.999)), loss_fn=loss_fn,
         betas=training.get("betas", (0.9, 0.999)), grad_clip=training.get("grad_clip"),
-        log_every=int(training.get("log_every", 100)), device=dev, bf16=bf16, desc="teacher",
+        log_every=int(training.get("log_every", 100)), lr_schedule=training.get("lr_schedule", "constant"),
+        warmup_steps=int(training.get("warmup_steps", 0)), device=dev, bf16=bf16, desc="teacher",
         on_step=on_step,
     )
     meta = {"role": "teacher", "step": int(training["steps"]), "dataset": source.name, "seed": int(seed)}

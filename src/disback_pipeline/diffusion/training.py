@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +13,6 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataSource
 from .losses import EDMLoss
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,29 @@ def progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
 
 
+def lr_lambda(schedule: str, steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warm-up, then constant or cosine to zero."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress_ = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    return factor
+
+
 StepCallback = Callable[[int, dict], None]
 
 
 def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int, batch_size: int,
               lr: float, ema_decay: float = 0.999, loss_fn: EDMLoss | None = None,
               betas=(0.9, 0.999), grad_clip: float | None = None, log_every: int = 100,
+              lr_schedule: str = "constant", warmup_steps: int = 0,
               device: torch.device | str = "cpu", bf16: bool = False, desc: str = "dsm",
               on_step: StepCallback | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``net`` with the EDM DSM loss on batches from ``batches(n) -> (x0, labels)``.
@@ -88,6 +105,7 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int,
     net.to(device).train()
     ema = EMA(net, ema_decay)
     opt = make_adam(net.parameters(), lr, betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(lr_schedule, steps, warmup_steps))
     history: list[dict] = []
     start = last = time.perf_counter()
     with progress(steps, desc) as bar:
@@ -102,8 +120,9 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int,
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
             opt.step()
+            sched.step()
             ema.update(net)
-            record = {"step": step, "loss": float(loss), "wall_clock_s": time.perf_counter() - start}
+            record = {"step": step, "loss": loss.item(), "wall_clock_s": time.perf_counter() - start}
             history.append(record)
             if on_step is not None:
                 on_step(step, record)

@@ -1,0 +1,138 @@
+"""The degradation path: checkpoints P_0 (teacher) ... P_N kept on disk or in memory.
+
+On disk the path is a folder of our checkpoint files ``step_<zero-padded>.pt``
+plus ``manifest.json`` (order, steps, sha256 hashes, distances, stage-1 cost).
+Nodes are loaded one at a time and strictly into an existing network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, atomic_torch_save, load_state_strict, read_payload
+
+MANIFEST = "manifest.json"
+
+
+def step_key(step: int, width: int = 6) -> str:
+    return f"{int(step):0{width}d}"
+
+
+@dataclass
+class PathNode:
+    key: str
+    step: int
+    distance_to_teacher: float = float("nan")
+    distance_to_final: float = float("nan")
+    state_dict: dict[str, torch.Tensor] | None = None  # in memory, or
+    file: Path | None = None                            # on disk
+    sha256: str | None = None
+
+
+@dataclass
+class DegradationPath:
+    """Ordered path nodes with the network config they share."""
+
+    config: dict[str, Any]
+    nodes: list[PathNode] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        return [n.key for n in self.nodes]
+
+    def node(self, key: str) -> PathNode:
+        for n in self.nodes:
+            if n.key == key:
+                return n
+        raise KeyError(f"no node {key!r} in the degradation path (keys: {self.keys})")
+
+    def load_into(self, net: torch.nn.Module, key: str) -> None:
+        """Load node ``key`` strictly into ``net`` (fails on any key mismatch)."""
+        node = self.node(key)
+        if node.state_dict is not None:
+            load_state_strict(net, node.state_dict, f"degradation path node {key}")
+            return
+        if node.file is None:
+            raise CheckpointError(f"degradation path node {key} has neither weights nor a file")
+        if node.sha256 and _sha256(node.file) != node.sha256:
+            raise CheckpointError(
+                f"{node.file}: sha256 differs from the manifest; the path folder was modified. "
+                "Re-run the degradation pipeline (or `dvc checkout`) to restore it."
+            )
+        payload = read_payload(node.file)
+        load_state_strict(net, payload["state_dict"], str(node.file))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_path(path: DegradationPath, folder: str | Path) -> None:
+    """Write the path to ``folder`` atomically: a sibling temp folder, then a swap."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        entries = []
+        for node in path.nodes:
+            state = node.state_dict
+            if state is None:
+                state = read_payload(node.file)["state_dict"]
+            fname = f"step_{node.key}.pt"
+            atomic_torch_save({"format": "disback-checkpoint", "version": 1, "network": dict(path.config),
+                               "state_dict": state,
+                               "metadata": {"role": "degradation_path", "key": node.key, "step": node.step}},
+                              tmp / fname)
+            entries.append({"key": node.key, "step": node.step, "file": fname, "sha256": _sha256(tmp / fname),
+                            "distance_to_teacher": node.distance_to_teacher,
+                            "distance_to_final": node.distance_to_final})
+        manifest = {"order": [e["key"] for e in entries], "nodes": entries, "network": path.config,
+                    "metadata": path.metadata}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_path(folder: str | Path) -> DegradationPath:
+    """Read the manifest; node weights stay on disk until :meth:`load_into`."""
+    folder = Path(folder)
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
+        raise CheckpointError(
+            f"{folder}: no {MANIFEST}; run the degradation pipeline first "
+            "(`kedro run --pipelines=degradation`) or `dvc pull` the path"
+        )
+    manifest = json.loads(manifest_file.read_text())
+    nodes = []
+    for e in manifest["nodes"]:
+        file = folder / e["file"]
+        if not file.is_file():
+            raise CheckpointError(f"{folder}: manifest lists {e['file']} but the file is missing")
+        nodes.append(PathNode(e["key"], int(e["step"]), e["distance_to_teacher"], e["distance_to_final"],
+                              file=file, sha256=e["sha256"]))
+    if [n.key for n in nodes] != manifest["order"]:
+        raise CheckpointError(f"{manifest_file}: node order does not match its entries")
+    return DegradationPath(manifest["network"], nodes, manifest.get("metadata", {}))

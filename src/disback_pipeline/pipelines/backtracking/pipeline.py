@@ -1,0 +1,13 @@
+"""Wiring of the ``backtracking`` pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import distill_generator
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([
+        Node(distill_generator,
+             ["teacher_model", "degradation_path", "degradation_history", "params:data", "params:backtracking"],
+             ["generator_model", "generator_ema_model", "backtracking_history"], name="distill_generator"),
+    ])

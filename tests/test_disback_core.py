@@ -1,0 +1,142 @@
+import copy
+
+import pytest
+import torch
+
+from disback_pipeline.diffusion.backbones import build_network
+from disback_pipeline.diffusion.checkpoint import Checkpoint, CheckpointError
+from disback_pipeline.diffusion.data import GaussianMixture2D
+from disback_pipeline.diffusion.disback import distill, generator_loss, record_degradation
+from disback_pipeline.diffusion.path import load_path, save_path
+
+from .test_sampling import GaussianDenoiser
+
+TINY = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8}
+
+
+@pytest.mark.parametrize("kind", ["di", "dmd"])
+def test_one_generator_step_moves_mean_towards_target(kind):
+    torch.manual_seed(0)
+    mu_t, mu_g, s = torch.tensor([1.0, -0.5]), torch.tensor([-0.4, 0.3]), 0.3
+    mean = torch.nn.Parameter(mu_g.clone())
+    opt = torch.optim.SGD([mean], lr=0.05)
+    x0 = mean + s * torch.randn(4096, 2)
+    fake, target = GaussianDenoiser(mu_g, s), GaussianDenoiser(mu_t, s)
+    sigma = (torch.randn(4096) * 1.2 - 1.2).exp()
+    loss, d_fake, d_target = generator_loss(x0, fake, target, sigma, kind=kind)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    before = (mu_g - mu_t).norm()
+    after = (mean.detach() - mu_t).norm()
+    assert after < before - 1e-3
+    # the step is along the line from mu_g to mu_t
+    step = mean.detach() - mu_g
+    cos = torch.dot(step, mu_t - mu_g) / (step.norm() * (mu_t - mu_g).norm())
+    assert cos > 0.99
+
+
+def _teacher():
+    torch.manual_seed(0)
+    return Checkpoint(build_network(TINY), dict(TINY), {"role": "teacher"})
+
+
+SRC = GaussianMixture2D.ring(4, 1.0, 0.1)
+
+
+@pytest.mark.parametrize("spacing", ["iterations", "distance"])
+def test_degradation_path_order_and_distances(spacing, tmp_path):
+    path, hist = record_degradation(_teacher(), SRC, s_init=2.5, k1=20, n_nodes=4, lr=1e-2, batch_size=16,
+                                    seed=0, spacing=spacing, candidates=20, probe_size=64, log_every=0)
+    assert len(path.nodes) == 5 and path.nodes[0].step == 0 and path.nodes[-1].step == 20
+    assert [n.step for n in path.nodes] == sorted({n.step for n in path.nodes})
+    if spacing == "iterations":
+        assert path.keys == ["000000", "000005", "000010", "000015", "000020"]
+    assert path.nodes[0].distance_to_teacher == 0.0 and path.nodes[-1].distance_to_final == 0.0
+    assert path.nodes[-1].distance_to_teacher > 0
+    assert len(hist) == 20 and hist[0]["stage"] == "degradation"
+    assert path.metadata["stage1_iterations"] == 20 and path.metadata["stage1_seconds"] > 0
+    # persisted path round-trips and loads node by node
+    save_path(path, tmp_path / "p")
+    loaded = load_path(tmp_path / "p")
+    assert loaded.keys == path.keys
+    net = build_network(TINY)
+    loaded.load_into(net, path.keys[2])
+    ref = build_network(TINY)
+    path.load_into(ref, path.keys[2])
+    for a, b in zip(net.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def _saved_path(tmp_path):
+    path, _ = record_degradation(_teacher(), SRC, s_init=2.5, k1=4, n_nodes=2, lr=1e-2, batch_size=8, seed=0,
+                                 log_every=0)
+    save_path(path, tmp_path / "p")
+    return tmp_path / "p"
+
+
+def test_path_node_with_renamed_keys_fails_loudly(tmp_path):
+    folder = _saved_path(tmp_path)
+    file = folder / "step_000002.pt"
+    payload = torch.load(file, weights_only=True)
+    payload["state_dict"] = {f"module.{k}": v for k, v in payload["state_dict"].items()}
+    torch.save(payload, file)
+    path = load_path(folder)
+    path.nodes[1].sha256 = None  # get past the hash check: the key check itself must fail
+    with pytest.raises(CheckpointError, match=r"step_000002\.pt.*missing keys.*unexpected keys: \['module\."):
+        path.load_into(build_network(TINY), "000002")
+
+
+def test_modified_path_file_is_detected(tmp_path):
+    folder = _saved_path(tmp_path)
+    with open(folder / "step_000004.pt", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        load_path(folder).load_into(build_network(TINY), "000004")
+
+
+def test_missing_manifest_is_explained(tmp_path):
+    with pytest.raises(CheckpointError, match="run the degradation pipeline first"):
+        load_path(tmp_path)
+
+
+CFG = {"loss": "di", "s_init": 2.5, "k2": 3, "budget": 12, "fake_steps": 2, "lr_generator": 1e-3,
+       "lr_fake": 1e-3, "batch_size": 16, "ema_decay": 0.9, "seed": 0, "log_every": 0}
+
+
+def test_distill_walks_the_path_and_ends_on_the_teacher(caplog):
+    teacher = _teacher()
+    path, _ = record_degradation(teacher, SRC, s_init=2.5, k1=8, n_nodes=4, lr=1e-2, batch_size=8, seed=0,
+                                 log_every=0)
+    before = copy.deepcopy(teacher.net.state_dict())
+    with caplog.at_level("INFO"):
+        res = distill(teacher, SRC, path, CFG, time_offset=100.0)
+    targets = [r["target"] for r in res.history]
+    assert targets == ["000006"] * 3 + ["000004"] * 3 + ["000002"] * 3 + ["teacher"] * 3
+    assert "target is now path node 000006" in caplog.text and "target is now teacher" in caplog.text
+    assert "fake score initialised from the end of the path (000008)" in caplog.text
+    assert all(r["wall_clock_s"] > 100.0 for r in res.history)
+    assert res.generator.metadata["method"] == "disback" and res.generator.metadata["s_init"] == 2.5
+    for k, v in teacher.net.state_dict().items():  # the teacher is never trained
+        assert torch.equal(v, before[k])
+
+
+def test_baseline_targets_teacher_throughout_and_is_reproducible():
+    a = distill(_teacher(), SRC, None, CFG)
+    b = distill(_teacher(), SRC, None, CFG)
+    assert {r["target"] for r in a.history} == {"teacher"}
+    assert a.generator.metadata["method"] == "baseline"
+    for x, y in zip(a.generator.net.state_dict().values(), b.generator.net.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ValueError, match="fake_steps"):
+        distill(_teacher(), SRC, None, {**CFG, "fake_steps": 0})
+    with pytest.raises(ValueError, match="unknown score-distillation loss"):
+        distill(_teacher(), SRC, None, {**CFG, "loss": "sid"})
+    with pytest.raises(ValueError, match="spacing"):
+        record_degradation(_teacher(), SRC, s_init=2.5, k1=4, n_nodes=2, lr=1e-2, batch_size=8, seed=0,
+                           spacing="log")
+    with pytest.raises(ValueError, match="K1"):
+        record_degradation(_teacher(), SRC, s_init=2.5, k1=1, n_nodes=2, lr=1e-2, batch_size=8, seed=0)

@@ -1,0 +1,52 @@
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from disback_pipeline.diffusion.checkpoint import CheckpointError, load_checkpoint
+from disback_pipeline.pipelines.teacher.nodes import train_or_load_teacher
+
+from .conftest import TINY_UNET
+
+
+def test_teacher_session_run_logs_to_mlflow(project):
+    project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=6,
+                 teacher__training__batch_size=8, teacher__training__log_every=3,
+                 teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.run("teacher")
+    ckpt = load_checkpoint(project.path / "data/06_models/teacher.pt")
+    assert ckpt.metadata["step"] == 6 and ckpt.config["img_resolution"] == 8
+    hist = pd.read_csv(project.path / "data/07_model_output/teacher_history.csv")
+    assert hist["step"].tolist() == list(range(1, 7))
+    assert (project.path / "data/08_reporting/teacher_samples.png").stat().st_size > 1000
+    metrics = json.loads((project.path / "data/08_reporting/teacher_metrics.json").read_text())
+    assert metrics["nfe"] == 3 and metrics["samples_per_s"] > 0
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("disback_pipeline")
+    (run,) = client.search_runs([exp.experiment_id])
+    losses = client.get_metric_history(run.info.run_id, "teacher/loss")
+    assert sorted(m.step for m in losses) == list(range(1, 7))
+    assert losses[0].value == pytest.approx(hist["loss"][0])
+    assert run.data.params["teacher.training.steps"] == "6"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"teacher_samples.png", "teacher_metrics.json"} <= artifacts
+
+
+def test_teacher_load_mode(tmp_path):
+    from disback_pipeline.diffusion.backbones import build_network
+    from disback_pipeline.diffusion.checkpoint import Checkpoint, save_checkpoint
+
+    cfg = {"backbone": "mlp", "dim": 2, "width": 8, "num_blocks": 1, "emb_dim": 8}
+    net = build_network(cfg)
+    save_checkpoint(Checkpoint(net, cfg, {"step": 1}), tmp_path / "t.pt")
+    ckpt, hist = train_or_load_teacher({}, {"mode": "load", "checkpoint_path": str(tmp_path / "t.pt")})
+    assert torch.equal(ckpt.net.backbone.out.weight, net.backbone.out.weight) and hist.empty
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train_or_load_teacher({}, {"mode": "load", "checkpoint_path": str(tmp_path / "missing.pt")})
+    with pytest.raises(ValueError, match="checkpoint_path is not set"):
+        train_or_load_teacher({}, {"mode": "load"})
+    with pytest.raises(ValueError, match="teacher.mode must be one of"):
+        train_or_load_teacher({}, {"mode": "finetune"})
