@@ -1,0 +1,86 @@
+"""Pipeline slices with an in-memory catalog, and one KedroSession run of ``distill``."""
+
+import json
+
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from disback_pipeline.diffusion.backbones import build_network
+from disback_pipeline.diffusion.checkpoint import Checkpoint, load_checkpoint
+from disback_pipeline.diffusion.path import load_path
+from disback_pipeline.pipelines.backtracking import create_pipeline as backtracking_pipeline
+from disback_pipeline.pipelines.degradation import create_pipeline as degradation_pipeline
+from disback_pipeline.pipeline_registry import register_pipelines
+
+from .conftest import TINY_UNET
+
+MLP = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8, "label_dim": 0}
+DATA = {"source": "gmm2d", "layout": "ring", "num_modes": 4, "radius": 1.0, "std": 0.1}
+DEGRADATION = {"k1": 6, "n_nodes": 3, "lr": 1e-2, "batch_size": 8, "seed": 0, "log_every": 0}
+BACKTRACKING = {"enabled": True, "loss": "dmd", "s_init": 2.5, "k2": 2, "budget": 8, "fake_steps": 1,
+                "lr_generator": 1e-3, "lr_fake": 1e-3, "batch_size": 8, "seed": 0, "log_every": 0}
+
+
+def _run_slice(enabled: bool):
+    catalog = DataCatalog({
+        "teacher_model": MemoryDataset(Checkpoint(build_network(MLP), MLP, {})),
+        "params:data": MemoryDataset(DATA),
+        "params:degradation": MemoryDataset(DEGRADATION),
+        "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled}),
+    })
+    pipe = degradation_pipeline() + backtracking_pipeline()
+    SequentialRunner().run(pipe, catalog)
+    return catalog
+
+
+def test_slice_with_backtracking():
+    catalog = _run_slice(True)
+    hist = catalog["backtracking_history"].load()
+    assert list(hist.columns[:7]) == ["iteration", "wall_clock_s", "stage", "target", "loss_generator",
+                                      "loss_fake_score", "score_mismatch"]
+    assert (hist["stage"] == "degradation").sum() == 6
+    stage2 = hist[hist["stage"] == "backtracking"]
+    assert stage2["target"].tolist() == ["000004", "000004", "000002", "000002"] + ["teacher"] * 4
+    assert stage2["wall_clock_s"].min() >= hist[hist["stage"] == "degradation"]["wall_clock_s"].max()
+    assert catalog["generator_ema_model"].load().metadata["weights"] == "ema"
+
+
+def test_slice_baseline_skips_stage_one():
+    catalog = _run_slice(False)
+    assert catalog["generator_model"].load().metadata["method"] == "baseline"
+    hist = catalog["backtracking_history"].load()
+    assert set(hist["stage"]) == {"backtracking"} and set(hist["target"]) == {"teacher"}
+
+
+def test_registry_chains_distill():
+    from kedro.framework.project import configure_project
+
+    configure_project("disback_pipeline")
+    pipes = register_pipelines()
+    names = [n.name for n in pipes["distill"].nodes]
+    assert names.index("train_or_load_teacher") < names.index("record_degradation_path") \
+        < names.index("distill_generator")
+    assert pipes["__default__"].nodes == pipes["distill"].nodes
+
+
+@pytest.mark.slow
+def test_distill_session_run(project):
+    project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
+                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
+                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
+    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=5,
+                 backtracking__batch_size=4)
+    project.run("distill")
+    root = project.path / "data"
+    manifest = json.loads((root / "06_models/degradation_path/manifest.json").read_text())
+    order = manifest["order"]
+    assert len(order) == 3 and order[0] == "000000" and order[-1] == "000004" and order[0] < order[1] < order[2]
+    assert [n["step"] for n in manifest["nodes"]] == [int(k) for k in order]
+    assert len(load_path(root / "06_models/degradation_path").nodes) == 3
+    gen = load_checkpoint(root / "06_models/generator_ema.pt")
+    assert gen.metadata["method"] == "disback" and gen.metadata["step"] == 5
+    hist = pd.read_csv(root / "08_reporting/backtracking_history.csv")
+    assert hist[hist["stage"] == "backtracking"]["target"].tolist() == [order[1]] * 2 + ["teacher"] * 3
