@@ -10,9 +10,9 @@ from kedro.runner import SequentialRunner
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, load_checkpoint
 from disback_pipeline.diffusion.path import load_path
+from disback_pipeline.pipeline_registry import register_pipelines
 from disback_pipeline.pipelines.backtracking import create_pipeline as backtracking_pipeline
 from disback_pipeline.pipelines.degradation import create_pipeline as degradation_pipeline
-from disback_pipeline.pipeline_registry import register_pipelines
 
 from .conftest import TINY_UNET
 
