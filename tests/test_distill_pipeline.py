@@ -13,6 +13,7 @@ from disback_pipeline.diffusion.path import load_path
 from disback_pipeline.pipeline_registry import register_pipelines
 from disback_pipeline.pipelines.backtracking import create_pipeline as backtracking_pipeline
 from disback_pipeline.pipelines.degradation import create_pipeline as degradation_pipeline
+from disback_pipeline.pipelines.reference import create_pipeline as reference_pipeline
 
 from .conftest import TINY_UNET
 
@@ -20,7 +21,7 @@ MLP = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8, 
 DATA = {"source": "gmm2d", "layout": "ring", "num_modes": 4, "radius": 1.0, "std": 0.1}
 DEGRADATION = {"k1": 6, "n_nodes": 3, "lr": 1e-2, "batch_size": 8, "seed": 0, "log_every": 0}
 BACKTRACKING = {"enabled": True, "loss": "dmd", "s_init": 2.5, "k2": 2, "budget": 8, "fake_steps": 1,
-                "lr_generator": 1e-3, "lr_fake": 1e-3, "batch_size": 8, "seed": 0, "log_every": 0}
+                "lr_generator": 1e-3, "lr_fake": 1e-3, "batch_size": 8, "seed": 0, "log_every": 0, "eval_every": 4}
 
 
 def _run_slice(enabled: bool):
@@ -29,8 +30,9 @@ def _run_slice(enabled: bool):
         "params:data": MemoryDataset(DATA),
         "params:degradation": MemoryDataset(DEGRADATION),
         "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled}),
+        "params:evaluation": MemoryDataset({"proxy_samples": 200, "grid_samples": 16, "seed": 0}),
     })
-    pipe = degradation_pipeline() + backtracking_pipeline()
+    pipe = reference_pipeline() + degradation_pipeline() + backtracking_pipeline()
     SequentialRunner().run(pipe, catalog)
     return catalog
 
@@ -45,6 +47,11 @@ def test_slice_with_backtracking():
     assert stage2["target"].tolist() == ["000004", "000004", "000002", "000002"] + ["teacher"] * 4
     assert stage2["wall_clock_s"].min() >= hist[hist["stage"] == "degradation"]["wall_clock_s"].max()
     assert catalog["generator_ema_model"].load().metadata["weights"] == "ema"
+    proxy = hist.dropna(subset=["proxy_reverse_kl"])
+    assert proxy["iteration"].tolist() == [4, 8]
+    assert {"proxy_nll", "proxy_mode_coverage", "proxy_forward_kl"} <= set(hist.columns)
+    fig = catalog["switch_grids_plot"].load()
+    assert len(fig.axes) == 4  # three changes of target and the final state
 
 
 def test_slice_baseline_skips_stage_one():
@@ -61,7 +68,8 @@ def test_registry_chains_distill():
     pipes = register_pipelines()
     names = [n.name for n in pipes["distill"].nodes]
     assert names.index("train_or_load_teacher") < names.index("record_degradation_path") \
-        < names.index("distill_generator")
+        < names.index("distill_generator") < names.index("evaluate_models")
+    assert "build_reference_stats" in names
     assert pipes["__default__"].nodes == pipes["distill"].nodes
 
 
@@ -72,7 +80,9 @@ def test_distill_session_run(project):
     project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
                  degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
     project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=5,
-                 backtracking__batch_size=4)
+                 backtracking__batch_size=4, backtracking__eval_every=5)
+    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
+                 evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
     project.run("distill")
     root = project.path / "data"
     manifest = json.loads((root / "06_models/degradation_path/manifest.json").read_text())
@@ -84,3 +94,11 @@ def test_distill_session_run(project):
     assert gen.metadata["method"] == "disback" and gen.metadata["step"] == 5
     hist = pd.read_csv(root / "08_reporting/backtracking_history.csv")
     assert hist[hist["stage"] == "backtracking"]["target"].tolist() == [order[1]] * 2 + ["teacher"] * 3
+    metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    for role in ("teacher", "student"):
+        m = metrics[role]
+        assert m["fid"] >= 0 and m["extractor"] == "domain" and m["n_samples"] == 40 and m["samples_per_s"] > 0
+        assert m["reference_hash"] == metrics["teacher"]["reference_hash"] and len(m["reference_hash"]) == 64
+    assert 0 <= metrics["extractor_test_accuracy"] <= 1
+    for png in ("teacher_grid", "initial_generator_grid", "student_grid", "quality_curve", "switch_grids"):
+        assert (root / f"08_reporting/{png}.png").stat().st_size > 1000

@@ -1,13 +1,27 @@
-"""Kedro datasets for the project's own checkpoint files."""
+"""Kedro datasets for the project's own files: checkpoints, the degradation path,
+the FID feature extractor and reference statistics."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+import torch
 from kedro.io import AbstractDataset
 
-from .diffusion.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .diffusion.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_torch_save,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+)
+from .diffusion.evaluation import FeatureSpec
+from .diffusion.features import DomainClassifier
 from .diffusion.path import DegradationPath, load_path, save_path
 
 
@@ -56,3 +70,66 @@ class DegradationPathDataset(AbstractDataset[DegradationPath, DegradationPath]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
+
+
+class FeatureExtractorDataset(AbstractDataset[FeatureSpec, FeatureSpec]):
+    """The FID feature extractor: kind, settings and (for ``domain``) its weights."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> FeatureSpec:
+        path = Path(self._filepath)
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist; run `kedro run --pipelines=reference` first")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        spec = FeatureSpec(payload["kind"], config=payload.get("config"), test_accuracy=payload.get("test_accuracy"),
+                           inception_path=payload.get("inception_path"), mode=payload.get("mode", "clean"))
+        if spec.kind == "domain":
+            spec.net = DomainClassifier(**spec.config)
+            load_state_strict(spec.net, payload["state_dict"], str(path))
+            spec.net.eval()
+        return spec
+
+    def save(self, data: FeatureSpec) -> None:
+        payload = {"kind": data.kind, "config": data.config, "test_accuracy": data.test_accuracy,
+                   "inception_path": data.inception_path, "mode": data.mode}
+        if data.net is not None:
+            payload["state_dict"] = {k: v.detach().cpu() for k, v in data.net.state_dict().items()}
+        atomic_torch_save(payload, self._filepath)
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class NpzDataset(AbstractDataset[dict, dict]):
+    """A dict of numpy arrays in one .npz file (written atomically)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict:
+        with np.load(Path(self._filepath), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    def save(self, data: dict) -> None:
+        path = Path(self._filepath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, **{k: np.asarray(v) for k, v in data.items()})
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -45,3 +45,59 @@ def samples_figure(samples: torch.Tensor, title: str, reference: torch.Tensor | 
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def switch_grid_figure(snapshots: list[tuple[int, str, torch.Tensor]], title: str):
+    """One panel per change of target: the EMA generator's samples at that moment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(snapshots))
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
+    for ax, (iteration, target, x) in zip(axes[0], snapshots):
+        if x.ndim == 2:
+            ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
+            ax.set_xlim(-1.6, 1.6)
+            ax.set_ylim(-1.6, 1.6)
+            ax.set_aspect("equal")
+        else:
+            grid = image_grid(x[:36])
+            ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
+            ax.axis("off")
+        ax.set_title(f"it {iteration}\n-> {target}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(ax, curves: dict, metric: str, x: str = "iteration", title: str = "") -> None:
+    """Quality-vs-``x`` lines (one per name) of history frames holding ``metric``."""
+    for name, frame in curves.items():
+        rows = frame.dropna(subset=[metric]) if metric in frame else frame.iloc[0:0]
+        ax.plot(rows[x], rows[metric], marker="o", ms=3, label=name)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(metric)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+
+
+def curves_figure(curves: dict, metric: str, x: str = "iteration", title: str = ""):
+    """A figure with :func:`plot_curves`."""
+    fig, ax = _figure((6, 4))
+    plot_curves(ax, curves, metric, x, title)
+    fig.tight_layout()
+    return fig
+
+
+def two_panel_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots(1, 2, figsize=(12, 4))
+    return fig

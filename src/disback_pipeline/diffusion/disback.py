@@ -201,7 +201,8 @@ class DistillResult:
 
 def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: dict[str, Any],
             time_offset: float = 0.0, on_record: RecordCallback | None = None,
-            evaluate: Callable[[torch.nn.Module], dict] | None = None) -> DistillResult:
+            evaluate: Callable[[torch.nn.Module], dict] | None = None,
+            on_switch: Callable[[int, str, torch.nn.Module], None] | None = None) -> DistillResult:
     """Stage 2: score distillation of a one-step generator.
 
     With a path (backtracking enabled) the fake score starts from P_N and the
@@ -211,7 +212,9 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     fake_steps, lr_generator, lr_fake, betas, batch_size, sigma, fake_P_mean,
     fake_P_std, ema_decay, seed, device, bf16, log_every, record_every,
     eval_every. ``evaluate(generator)`` (optional) returns extra history columns
-    every ``eval_every`` iterations.
+    every ``eval_every`` iterations (on the EMA generator). ``on_switch(iteration,
+    new_target, ema_generator)`` is called at every change of target and once
+    at the end (target ``"final"``), e.g. to draw sample grids.
     """
     dev = select_device(cfg.get("device", "auto"))
     bf16 = bool(cfg.get("bf16", False))
@@ -261,6 +264,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                     target = target_scratch
                 log.info("iteration %d: target is now %s", it,
                          target_key if target_key == TEACHER else f"path node {target_key}")
+                if on_switch is not None:
+                    on_switch(it, target_key, ema.net)
             loss_f_sum = 0.0
             for _ in range(r):
                 x0, labels = draw_generator_batch(generator, source, batch, s_init, dev)
@@ -296,6 +301,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                          ((d_fake - d_target) ** 2).reshape(batch, -1).sum(1).mean().item())
                 last = now
 
+    if on_switch is not None:
+        on_switch(budget, "final", ema.net)
     meta = {"role": "generator", "s_init": s_init, "step": budget, "dataset": source.name,
             "seed": int(cfg["seed"]), "method": "disback" if use_path else "baseline", "loss": kind}
     gen_ckpt = Checkpoint(_frozen(generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})

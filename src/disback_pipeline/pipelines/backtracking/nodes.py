@@ -6,41 +6,80 @@ import logging
 from typing import Any
 
 import pandas as pd
+import torch
 
 from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.data import make_data_source
 from ...diffusion.disback import distill
+from ...diffusion.evaluation import FeatureSpec, quality, sample_generator
 from ...diffusion.path import DegradationPath
+from ...reporting import switch_grid_figure
 from ...tracking import MetricBuffer, log_metrics
 from ..degradation.nodes import HISTORY_COLUMNS
 
 log = logging.getLogger(__name__)
 
+LOGGED = ("loss_generator", "loss_fake_score", "score_mismatch")
 
-def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath,
-                      degradation_history: pd.DataFrame, data: dict[str, Any],
-                      backtracking: dict[str, Any]) -> tuple[Checkpoint, Checkpoint, pd.DataFrame]:
-    """Score distillation of the one-step generator (DisBack, or the baseline when disabled).
 
-    Returns the raw and EMA generator checkpoints and the full training history
-    (stage-1 rows first; stage-2 wall-clock continues after stage 1's).
-    """
+def _proxy_evaluator(source, feature_extractor: FeatureSpec, reference_stats: dict, evaluation: dict,
+                     s_init: float):
+    """Quality of the EMA generator on a small fixed sample set, labelled proxy_*."""
+    n, seed = int(evaluation.get("proxy_samples", 500)), int(evaluation.get("seed", 0))
+
+    def evaluate(generator: torch.nn.Module) -> dict:
+        x, _ = sample_generator(generator, source, n, seed, s_init)
+        return {f"proxy_{k}": v for k, v in quality(x, source, feature_extractor, reference_stats, seed).items()
+                if isinstance(v, float)}
+
+    return evaluate
+
+
+def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath,
+                     degradation_history: pd.DataFrame, feature_extractor: FeatureSpec, reference_stats: dict,
+                     data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any],
+                     metric_prefix: str = "backtracking/"):
+    """Shared by ``backtracking`` and ``compare``: returns (result, history frame, switch figure)."""
     enabled = bool(backtracking.get("enabled", True))
-    path = degradation_path if enabled else None
     if enabled and len(degradation_path.nodes) < 2:
         raise ValueError("backtracking.enabled is true but the degradation path is empty; "
                          "re-run the degradation pipeline with backtracking enabled")
+    source = make_data_source(data)
+    s_init = float(backtracking["s_init"])
     stage1 = float(degradation_path.metadata.get("stage1_seconds", 0.0)) if enabled else 0.0
-    metrics = MetricBuffer(prefix="backtracking/")
-    result = distill(
-        teacher_model, make_data_source(data), path, backtracking, time_offset=stage1,
-        on_record=lambda rec: metrics.log(rec["iteration"], {
-            k: rec[k] for k in ("loss_generator", "loss_fake_score", "score_mismatch")}),
-    )
+    metrics = MetricBuffer(prefix=metric_prefix)
+    n_grid, seed = int(evaluation.get("grid_samples", 64)), int(evaluation.get("seed", 0))
+    snapshots: list[tuple[int, str, torch.Tensor]] = []
+
+    def on_switch(iteration, target, generator):
+        x, _ = sample_generator(generator, source, n_grid if len(source.shape) > 1 else 2000, seed, s_init)
+        snapshots.append((iteration, target, x))
+
+    def on_record(rec):
+        metrics.log(rec["iteration"], {k: v for k, v in rec.items() if k in LOGGED or k.startswith("proxy_")})
+
+    result = distill(teacher_model, source, degradation_path if enabled else None, backtracking,
+                     time_offset=stage1, on_record=on_record, on_switch=on_switch,
+                     evaluate=_proxy_evaluator(source, feature_extractor, reference_stats, evaluation, s_init))
     metrics.flush()
     log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
-                prefix="backtracking/")
+                prefix=metric_prefix)
     stage1_rows = degradation_history if enabled else degradation_history.iloc[0:0]
     history = pd.concat([stage1_rows, pd.DataFrame(result.history)], ignore_index=True)
-    ordered = HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]
-    return result.generator, result.generator_ema, history[ordered]
+    history = history[HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]]
+    title = f"{'DisBack' if enabled else 'baseline'}: EMA generator at each change of target"
+    return result, history, switch_grid_figure(snapshots, title)
+
+
+def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath,
+                      degradation_history: pd.DataFrame, feature_extractor: FeatureSpec, reference_stats: dict,
+                      data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any]):
+    """Score distillation of the one-step generator (DisBack, or the baseline when disabled).
+
+    Returns the raw and EMA generator checkpoints, the full training history
+    (stage-1 rows first; stage-2 wall-clock continues after stage 1's) and a
+    figure of the generator's samples at every change of target.
+    """
+    result, history, figure = run_distillation(teacher_model, degradation_path, degradation_history,
+                                               feature_extractor, reference_stats, data, backtracking, evaluation)
+    return result.generator, result.generator_ema, history, figure

@@ -8,6 +8,8 @@ from .nodes import distill_generator
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(distill_generator,
-             ["teacher_model", "degradation_path", "degradation_history", "params:data", "params:backtracking"],
-             ["generator_model", "generator_ema_model", "backtracking_history"], name="distill_generator"),
+             ["teacher_model", "degradation_path", "degradation_history", "feature_extractor", "reference_stats",
+              "params:data", "params:backtracking", "params:evaluation"],
+             ["generator_model", "generator_ema_model", "backtracking_history", "switch_grids_plot"],
+             name="distill_generator"),
     ])

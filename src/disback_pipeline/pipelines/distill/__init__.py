@@ -1,4 +1,4 @@
-"""``distill``: the main job, teacher -> degradation -> backtracking (-> evaluation)."""
+"""``distill``: the main job, teacher -> reference -> degradation -> backtracking -> evaluation."""
 
 from .pipeline import create_pipeline
 
