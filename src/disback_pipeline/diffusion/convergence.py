@@ -15,7 +15,7 @@ def first_reaching(history: pd.DataFrame, metric: str, level: float, x: str) -> 
 
 
 def final_value(history: pd.DataFrame, metric: str) -> float:
-    rows = history.dropna(subset=[metric])
+    rows = history.dropna(subset=[metric]) if metric in history else history.iloc[0:0]
     if rows.empty:
         raise ValueError(f"the history has no {metric!r} values; set backtracking.eval_every > 0")
     return float(rows[metric].iloc[-1])

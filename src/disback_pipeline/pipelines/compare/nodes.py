@@ -40,7 +40,8 @@ def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, refere
                evaluation: dict[str, Any], method: dict[str, Any]):
     """One arm of the comparison: the shared settings with ``method.enabled`` on or off."""
     settings = {**backtracking, "enabled": bool(method["enabled"])}
-    name = f"{'disback' if settings['enabled'] else 'baseline'}-{settings['loss']}-{data['source']}-seed{settings['seed']}"
+    arm = "disback" if settings["enabled"] else "baseline"
+    name = f"{arm}-{settings['loss']}-{data['source']}-seed{settings['seed']}"
     with _nested_run(name, {**settings, "data": data.get("source")}):
         path, deg_history = record_degradation_path(teacher_model, data, degradation, settings)
         result, history, fig = run_distillation(teacher_model, path, deg_history, feature_extractor,

@@ -1,0 +1,123 @@
+"""The tools around the pipelines: MLflow UI, Kedro-Viz and DVC, run for real on loopback / tmp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "KEDRO_DISABLE_TELEMETRY": "1",
+       "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+       "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_answers_on_loopback(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+                    status = resp.status
+            except OSError:
+                time.sleep(1)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _git_copy(tmp_path: Path) -> Path:
+    """The tracked files of the project in a fresh git repository."""
+    dest = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def _commit(repo: Path) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=repo, check=True)
+
+
+def _set(repo: Path, name: str, **updates) -> None:
+    file = repo / "conf" / "base" / f"parameters_{name}.yml"
+    cfg = yaml.safe_load(file.read_text())
+    for dotted, value in updates.items():
+        node = cfg
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    file.write_text(yaml.safe_dump(cfg))
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_offline(tmp_path):
+    repo = _git_copy(tmp_path)
+    out = subprocess.run([str(BIN / "kedro"), "viz", "build"], cwd=repo, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (repo / "build" / "index.html").is_file()
+    assert (repo / "build" / "api" / "main").is_file()
+
+
+def _dvc(repo: Path, *args: str) -> str:
+    out = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=ENV, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
+    repo = _git_copy(tmp_path)
+    tiny_unet = {"backbone": "unet", "sigma_data": 0.5, "model_channels": 8, "channel_mult": [1, 2],
+                 "num_blocks": 1, "attn_resolutions": [4], "dropout": 0.0}
+    _set(repo, "teacher", teacher__network=tiny_unet, teacher__training__steps=4, teacher__training__batch_size=8,
+         teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    _set(repo, "degradation", degradation__k1=4, degradation__n_nodes=2, degradation__batch_size=4,
+         degradation__candidates=4, degradation__probe_size=8)
+    _set(repo, "backtracking", backtracking__k2=2, backtracking__budget=4, backtracking__batch_size=4,
+         backtracking__eval_every=2)
+    _set(repo, "evaluation", evaluation__domain__steps=20, evaluation__n_samples=30, evaluation__proxy_samples=20,
+         evaluation__grid_samples=4, evaluation__reference_samples=200)
+    _commit(repo)
+    first = _dvc(repo, "repro")
+    for stage in ("teacher", "reference", "degradation", "backtracking", "evaluation", "compare"):
+        assert f"Running stage '{stage}'" in first
+    assert (repo / "data/06_models/degradation_path/manifest.json").is_file()
+    assert (repo / "data/08_reporting/convergence.json").is_file()
+    assert "up to date" in _dvc(repo, "repro")
+    _set(repo, "evaluation", evaluation__n_samples=31)
+    third = _dvc(repo, "repro")
+    assert "Running stage 'evaluation'" in third
+    for stage in ("teacher", "reference", "degradation", "backtracking", "compare"):
+        assert f"Running stage '{stage}'" not in third
+    metrics = _dvc(repo, "metrics", "show")
+    assert "metrics.json" in metrics and "convergence.json" in metrics
