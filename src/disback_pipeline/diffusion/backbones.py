@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .edm_networks import DhariwalUNet, SongUNet
 from .precond import EDMPrecond
 
 
@@ -221,7 +222,10 @@ class UNetBackbone(nn.Module):
         return self.conv_out(F.silu(self.out_norm(h)))
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"mlp": MLPBackbone, "unet": UNetBackbone}
+BACKBONES: dict[str, type[nn.Module]] = {"mlp": MLPBackbone, "unet": UNetBackbone,
+                                         "songunet": SongUNet, "dhariwalunet": DhariwalUNet}
+#: EDM-compatible backbones sit under ``model`` so EDM state_dicts load with their own key names.
+EDM_BACKBONES = {"songunet", "dhariwalunet"}
 
 
 def build_network(config: dict[str, Any]) -> EDMPrecond:
@@ -242,4 +246,5 @@ def build_network(config: dict[str, Any]) -> EDMPrecond:
         backbone = BACKBONES[name](**config)
     except TypeError as exc:
         raise ValueError(f"bad arguments for backbone {name!r}: {exc}") from exc
-    return EDMPrecond(backbone, sigma_data=sigma_data, label_dim=label_dim)
+    return EDMPrecond(backbone, sigma_data=sigma_data, label_dim=label_dim,
+                      backbone_name="model" if name in EDM_BACKBONES else "backbone")

@@ -109,7 +109,8 @@ class TensorImages(DataSource):
         if images.ndim != 4 or len(images) == 0:
             raise DataSourceError(f"{name}: expected a non-empty (N, C, H, W) image tensor")
         if conditional and (labels is None or num_classes < 1):
-            raise DataSourceError(f"{name}: conditional=true but the data set has no class labels")
+            raise DataSourceError(f"{name}: conditional=true but the data set has no class labels "
+                                  "(image_folder: put the images in one sub-folder per class)")
         self.name = name
         self.images = images.float().contiguous()
         self.labels = None if labels is None else torch.as_tensor(labels).long()
@@ -149,8 +150,12 @@ def _resize_center_crop(img, resolution: int):
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-def load_image_folder(path: str | Path, resolution: int, channels: int = 3) -> TensorImages:
-    """All PNG/JPEG files under ``path`` (recursively), resized and centre-cropped."""
+def load_image_folder(path: str | Path, resolution: int, channels: int = 3, conditional: bool = False) -> TensorImages:
+    """All PNG/JPEG files under ``path`` (recursively), resized and centre-cropped.
+
+    When every image sits in a first-level sub-folder, the sorted sub-folder
+    names are the classes (needed for ``conditional`` and the ``domain`` extractor).
+    """
     from PIL import Image
 
     root = Path(path)
@@ -173,7 +178,12 @@ def load_image_folder(path: str | Path, resolution: int, channels: int = 3) -> T
             arrays.append(np.asarray(_resize_center_crop(img.convert(mode), resolution)))
     x = torch.as_tensor(np.stack(arrays), dtype=torch.float32)
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
-    return TensorImages(f"image_folder:{root.name}", x / 127.5 - 1)
+    labels, num_classes = None, 0
+    if all(len(f.relative_to(root).parts) >= 2 for f in files):
+        classes = sorted({f.relative_to(root).parts[0] for f in files})
+        labels = torch.tensor([classes.index(f.relative_to(root).parts[0]) for f in files])
+        num_classes = len(classes)
+    return TensorImages(f"image_folder:{root.name}", x / 127.5 - 1, labels, num_classes, conditional)
 
 
 TORCHVISION_SETS = {
@@ -238,7 +248,7 @@ def make_data_source(cfg: dict[str, Any]) -> DataSource:
     if kind == "image_folder":
         if "path" not in cfg or "resolution" not in cfg:
             raise DataSourceError("image_folder needs data.path and data.resolution")
-        return load_image_folder(cfg["path"], int(cfg["resolution"]), int(cfg.get("channels", 3)))
+        return load_image_folder(cfg["path"], int(cfg["resolution"]), int(cfg.get("channels", 3)), conditional)
     if kind == "torchvision":
         if "name" not in cfg or "root" not in cfg:
             raise DataSourceError("torchvision needs data.name and data.root")

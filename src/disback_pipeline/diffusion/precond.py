@@ -30,13 +30,22 @@ class EDMPrecond(nn.Module):
             returning a tensor shaped like ``x_in``.
         sigma_data: expected standard deviation of the data (data units).
         label_dim: number of classes; 0 means unconditional.
+        backbone_name: attribute (and state_dict prefix) of the backbone:
+            ``backbone`` for ours, ``model`` for EDM-compatible networks.
     """
 
-    def __init__(self, backbone: nn.Module, sigma_data: float = 0.5, label_dim: int = 0):
+    def __init__(self, backbone: nn.Module, sigma_data: float = 0.5, label_dim: int = 0,
+                 backbone_name: str = "backbone"):
         super().__init__()
-        self.backbone = backbone
+        self._backbone_name = backbone_name
+        self.add_module(backbone_name, backbone)
         self.sigma_data = float(sigma_data)
         self.label_dim = int(label_dim)
+
+    @property
+    def net(self) -> nn.Module:
+        """The wrapped backbone F, whatever its attribute name."""
+        return self._modules[self._backbone_name]
 
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None):
         x = x.to(torch.float32)
@@ -50,7 +59,7 @@ class EDMPrecond(nn.Module):
             class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
         view = (-1,) + (1,) * (x.ndim - 1)
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
-        f_x = self.backbone(c_in.reshape(view) * x, c_noise, class_labels)
+        f_x = self.net(c_in.reshape(view) * x, c_noise, class_labels)
         return c_skip.reshape(view) * x + c_out.reshape(view) * f_x.to(torch.float32)
 
     def score(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:

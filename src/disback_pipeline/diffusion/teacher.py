@@ -22,10 +22,12 @@ def network_config_for(source: DataSource, network: dict[str, Any]) -> dict[str,
                 "use backbone 'unet' for images"
             )
         cfg["dim"] = source.shape[0]
-    elif cfg.get("backbone") == "unet":
+    elif cfg.get("backbone") in ("unet", "songunet", "dhariwalunet"):
         if len(source.shape) != 3:
-            raise ValueError(f"backbone 'unet' needs images, but {source.name} has shape {source.shape}")
+            raise ValueError(f"backbone {cfg['backbone']!r} needs images, but {source.name} has shape {source.shape}")
         cfg["in_channels"], cfg["img_resolution"] = source.shape[0], source.shape[1]
+        if cfg["backbone"] != "unet":
+            cfg["out_channels"] = source.shape[0]
     return cfg
 
 

@@ -23,7 +23,8 @@ MODES = ("pretrain", "load")
 
 
 def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tuple[Checkpoint, pd.DataFrame]:
-    """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``.
+    """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``
+    (our checkpoint, or an EDM snapshot ``.pkl`` read without executing its code).
 
     Returns:
         The teacher checkpoint and its per-step training history (empty when loaded).
@@ -35,8 +36,13 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tupl
         path = teacher.get("checkpoint_path")
         if not path:
             raise ValueError("teacher.mode is 'load' but teacher.checkpoint_path is not set")
-        ckpt = load_checkpoint(path)
-        log.info("loaded teacher from %s (%s)", path, ckpt.metadata)
+        if str(path).endswith(".pkl"):
+            from ...import_edm import load_edm_snapshot  # the safe reader: executes nothing from the file
+
+            ckpt = load_edm_snapshot(path)
+        else:
+            ckpt = load_checkpoint(path)
+        log.info("loaded teacher from %s (%s)", path, {k: v for k, v in ckpt.metadata.items() if k != "edm_init_kwargs"})
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
     source = make_data_source(data)
     metrics = MetricBuffer(prefix="teacher/")

@@ -1,0 +1,146 @@
+"""EDM-compatible networks (parity fixtures) and the safe snapshot importer."""
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disback_pipeline.diffusion.backbones import build_network
+from disback_pipeline.diffusion.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from disback_pipeline.diffusion.edm_import import UnsafePickleError, config_from_edm_kwargs, read_snapshot
+from disback_pipeline.import_edm import main as import_main
+from disback_pipeline.import_edm import parity_error
+
+# shared/ lies beside the checkout (here and in CI); DISBACK_EDM_FIXTURES points elsewhere
+FIXTURES = Path(os.environ.get("DISBACK_EDM_FIXTURES",
+                               Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "edm_parity"))
+NAMES = ["songunet_ddpmpp_cond", "songunet_ncsnpp_uncond", "dhariwalunet_adm_cond"]
+pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/edm_parity not found")
+
+
+def _fixture_net(name):
+    kwargs = json.loads((FIXTURES / f"{name}.json").read_text())["init_kwargs"]
+    net = build_network(config_from_edm_kwargs(kwargs)).eval()
+    state = torch.load(FIXTURES / f"{name}.state_dict.pt", weights_only=True)
+    return net, state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_loads_strictly_and_matches(name):
+    net, state = _fixture_net(name)
+    load_state_strict(net, state, name)
+    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    assert len(net.state_dict()) == meta["n_state_keys"]
+    assert sum(p.numel() for p in net.parameters()) == meta["n_params"]
+    assert parity_error(net, FIXTURES / f"{name}.io.pt") <= 1e-4
+
+
+def test_renamed_edm_key_fails_loudly():
+    net, state = _fixture_net("songunet_ddpmpp_cond")
+    state["model.enc.16x16_conv.w"] = state.pop("model.enc.16x16_conv.weight")
+    with pytest.raises(CheckpointError, match=r"missing keys: \['model\.enc\.16x16_conv\.weight'\]"):
+        load_state_strict(net, state, "renamed")
+
+
+def test_snapshot_reads_without_executing_source():
+    kwargs, state = read_snapshot(FIXTURES / "songunet_ddpmpp_cond.snapshot.pkl")
+    ref = torch.load(FIXTURES / "songunet_ddpmpp_cond.state_dict.pt", weights_only=True)
+    assert kwargs["model_type"] == "SongUNet" and kwargs["augment_dim"] == 9
+    assert list(state) == list(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+
+
+def test_cli_converts_and_checks(tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "teacher.pt"
+    rc = import_main([str(FIXTURES / "songunet_ddpmpp_cond.snapshot.pkl"), str(out),
+                      "--check", str(FIXTURES / "songunet_ddpmpp_cond.io.pt")])
+    assert rc == 0 and "max abs error" in caplog.text
+    ckpt = load_checkpoint(out)
+    assert ckpt.config["backbone"] == "songunet" and ckpt.metadata["source"] == "edm-snapshot"
+    assert parity_error(ckpt.net, FIXTURES / "songunet_ddpmpp_cond.io.pt") <= 1e-4
+    # the wrong parity file: same shapes, other network -> exit 1
+    io = torch.load(FIXTURES / "songunet_ddpmpp_cond.io.pt", weights_only=True)
+    io["denoised"] = io["denoised"] + 1e-2
+    torch.save(io, tmp_path / "off.io.pt")
+    assert import_main([str(FIXTURES / "songunet_ddpmpp_cond.snapshot.pkl"), str(tmp_path / "again.pt"),
+                        "--check", str(tmp_path / "off.io.pt")]) == 1
+
+
+class _System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _hostile(tmp_path, payload, name):
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(payload, protocol=4))
+    return path
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: {"ema": _System(m)},
+    lambda m: {"ema": _Touch(m)},
+    lambda m: {"ema": np.array([1.0]), "x": _System(m)},  # numpy's array reconstruct is not allowed either
+])
+def test_hostile_pickles_are_refused_and_nothing_runs(tmp_path, make, caplog):
+    marker = tmp_path / "pwned"
+    path = _hostile(tmp_path, make(marker), "evil.pkl")
+    with pytest.raises(UnsafePickleError, match="refusing to load global"):
+        read_snapshot(path)
+    assert import_main([str(path), str(tmp_path / "out.pt")]) == 2
+    assert "refusing to load global" in caplog.text
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_hostile_global_inside_a_persistence_record_is_named(tmp_path):
+    # a record shaped like EDM's, whose state smuggles in builtins.eval
+    class Record:
+        def __reduce__(self):
+            return (_reconstruct, ({"type": "class", "version": 6, "module_src": "import os",
+                                    "class_name": "EDMPrecond", "state": {"x": eval}},))
+
+    global _reconstruct
+
+    def _reconstruct(meta):  # pragma: no cover - only pickled by reference
+        return meta
+
+    _reconstruct.__module__ = "torch_utils.persistence"
+    _reconstruct.__qualname__ = "_reconstruct_persistent_obj"
+    import sys
+    import types
+
+    fake = types.ModuleType("torch_utils.persistence")
+    fake._reconstruct_persistent_obj = _reconstruct
+    sys.modules.setdefault("torch_utils", types.ModuleType("torch_utils"))
+    sys.modules["torch_utils.persistence"] = fake
+    try:
+        path = _hostile(tmp_path, {"ema": Record()}, "record.pkl")
+    finally:
+        del sys.modules["torch_utils.persistence"]
+    with pytest.raises(UnsafePickleError, match=r"builtins\.eval"):
+        read_snapshot(path)
+
+
+def test_not_a_snapshot(tmp_path):
+    path = _hostile(tmp_path, {"weights": [1, 2]}, "plain.pkl")
+    with pytest.raises(ValueError, match="expected an EDM snapshot dict with key 'ema'"):
+        read_snapshot(path)
+    with pytest.raises(FileNotFoundError):
+        read_snapshot(tmp_path / "absent.pkl")
+    with pytest.raises(ValueError, match="unsupported EDM model_type"):
+        config_from_edm_kwargs({"model_type": "VPPrecondNet", "img_resolution": 8, "img_channels": 3})
