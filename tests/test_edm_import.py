@@ -3,6 +3,8 @@
 import json
 import os
 import pickle
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -107,31 +109,26 @@ def test_hostile_pickles_are_refused_and_nothing_runs(tmp_path, make, caplog):
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
 
 
-def test_hostile_global_inside_a_persistence_record_is_named(tmp_path):
-    # a record shaped like EDM's, whose state smuggles in builtins.eval
-    class Record:
-        def __reduce__(self):
-            return (_reconstruct, ({"type": "class", "version": 6, "module_src": "import os",
-                                    "class_name": "EDMPrecond", "state": {"x": eval}},))
+def _reconstruct_persistent_obj(meta):  # pragma: no cover - pickled by reference only
+    return meta
 
-    global _reconstruct
 
-    def _reconstruct(meta):  # pragma: no cover - only pickled by reference
-        return meta
+class _SmugglingRecord:
+    """Pickles as EDM's persistence call, with builtins.eval hidden in the recorded state."""
 
-    _reconstruct.__module__ = "torch_utils.persistence"
-    _reconstruct.__qualname__ = "_reconstruct_persistent_obj"
-    import sys
-    import types
+    def __reduce__(self):
+        return (_reconstruct_persistent_obj, ({"type": "class", "version": 6, "module_src": "import os",
+                                              "class_name": "EDMPrecond", "state": {"x": eval}},))
 
+
+def test_hostile_global_inside_a_persistence_record_is_named(tmp_path, monkeypatch):
     fake = types.ModuleType("torch_utils.persistence")
-    fake._reconstruct_persistent_obj = _reconstruct
-    sys.modules.setdefault("torch_utils", types.ModuleType("torch_utils"))
-    sys.modules["torch_utils.persistence"] = fake
-    try:
-        path = _hostile(tmp_path, {"ema": Record()}, "record.pkl")
-    finally:
-        del sys.modules["torch_utils.persistence"]
+    fake._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    monkeypatch.setattr(_reconstruct_persistent_obj, "__module__", "torch_utils.persistence")
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", fake)
+    path = _hostile(tmp_path, {"ema": _SmugglingRecord()}, "record.pkl")
+    monkeypatch.delitem(sys.modules, "torch_utils.persistence")
     with pytest.raises(UnsafePickleError, match=r"builtins\.eval"):
         read_snapshot(path)
 

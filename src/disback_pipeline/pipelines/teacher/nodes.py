@@ -42,7 +42,8 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tupl
             ckpt = load_edm_snapshot(path)
         else:
             ckpt = load_checkpoint(path)
-        log.info("loaded teacher from %s (%s)", path, {k: v for k, v in ckpt.metadata.items() if k != "edm_init_kwargs"})
+        shown = {k: v for k, v in ckpt.metadata.items() if k != "edm_init_kwargs"}
+        log.info("loaded teacher from %s (%s)", path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
     source = make_data_source(data)
     metrics = MetricBuffer(prefix="teacher/")
