@@ -17,6 +17,8 @@ from disback_pipeline.diffusion.edm_import import UnsafePickleError, config_from
 from disback_pipeline.import_edm import main as import_main
 from disback_pipeline.import_edm import parity_error
 
+from .conftest import ProjectCopy  # noqa: F401  (the `project` fixture lives in conftest)
+
 # shared/ lies beside the checkout (here and in CI); DISBACK_EDM_FIXTURES points elsewhere
 FIXTURES = Path(os.environ.get("DISBACK_EDM_FIXTURES",
                                Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "edm_parity"))
@@ -141,3 +143,34 @@ def test_not_a_snapshot(tmp_path):
         read_snapshot(tmp_path / "absent.pkl")
     with pytest.raises(ValueError, match="unsupported EDM model_type"):
         config_from_edm_kwargs({"model_type": "VPPrecondNet", "img_resolution": 8, "img_channels": 3})
+
+
+@pytest.mark.slow
+def test_converted_fixture_teacher_runs_through_distill(project, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        folder = tmp_path / "images" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    teacher = tmp_path / "teacher.pt"
+    assert import_main([str(FIXTURES / "songunet_ddpmpp_cond.snapshot.pkl"), str(teacher)]) == 0
+    project.edit("base", "parameters_data", data={"source": "image_folder", "path": str(tmp_path / "images"),
+                                                  "resolution": 16, "channels": 3, "conditional": True})
+    project.edit("base", "parameters_teacher", teacher__mode="load", teacher__checkpoint_path=str(teacher),
+                 teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.edit("base", "parameters_degradation", degradation__k1=2, degradation__n_nodes=1,
+                 degradation__batch_size=2, degradation__candidates=2, degradation__probe_size=4)
+    project.edit("base", "parameters_backtracking", backtracking__k2=1, backtracking__budget=2,
+                 backtracking__batch_size=2, backtracking__eval_every=0)
+    project.edit("base", "parameters_evaluation", evaluation__domain__steps=5, evaluation__n_samples=12,
+                 evaluation__grid_samples=4)
+    project.run("distill")
+    root = project.path / "data"
+    gen = load_checkpoint(root / "06_models/generator_ema.pt")
+    assert gen.config["backbone"] == "songunet" and gen.config["label_dim"] == 10
+    assert "model.map_label.weight" in gen.net.state_dict()
+    metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    assert metrics["student"]["n_samples"] == 12 and np.isfinite(metrics["student"]["fid"])

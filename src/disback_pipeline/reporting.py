@@ -75,13 +75,16 @@ def switch_grid_figure(snapshots: list[tuple[int, str, torch.Tensor]], title: st
 def plot_curves(ax, curves: dict, metric: str, x: str = "iteration", title: str = "") -> None:
     """Quality-vs-``x`` lines (one per name) of history frames holding ``metric``."""
     for name, frame in curves.items():
-        rows = frame.dropna(subset=[metric]) if metric in frame else frame.iloc[0:0]
+        if metric not in frame:  # no proxy evaluations in this run (eval_every: 0)
+            continue
+        rows = frame.dropna(subset=[metric])
         ax.plot(rows[x], rows[metric], marker="o", ms=3, label=name)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(metric)
     ax.set_yscale("symlog", linthresh=0.1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.set_title(title)
 
 

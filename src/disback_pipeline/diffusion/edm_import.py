@@ -114,7 +114,11 @@ def read_snapshot(path: str | Path, key: str = "ema") -> tuple[dict[str, Any], d
     """EDM constructor kwargs and the EDM-named state_dict of network ``key`` in a snapshot pickle."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"EDM snapshot {path} does not exist")
+        raise FileNotFoundError(
+            f"EDM snapshot {path} does not exist. Download the network-snapshot .pkl on a machine with network "
+            "access (EDM's published checkpoints), copy it to this path or point teacher.checkpoint_path at it; "
+            "nothing is downloaded at run time."
+        )
     with open(path, "rb") as fh:
         data = _RestrictedUnpickler(fh).load()
     if not isinstance(data, dict) or key not in data:
