@@ -1,0 +1,251 @@
+"""Convergence benchmark: DisBack vs the baseline from the same teacher, over seeds.
+
+    python benchmarks/convergence.py --datasets ring,grid,digits --losses di,dmd --seeds 5
+
+For each data set one teacher is trained (its env's settings, seed 0); then for
+every base loss and seed both methods run with identical settings (the env's
+backtracking parameters; only ``enabled`` differs). Quality (reverse KL for
+2-D mixtures, domain-FID for digits) is measured on the EMA generator every
+``eval_every`` iterations. Writes ``curves.csv``, ``summary.csv``,
+``results.json`` and ``RESULTS.md`` into ``--out``.
+
+Runs on the core package directly (no Kedro, no MLflow): what is measured is the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from disback_pipeline.diffusion.convergence import first_reaching  # noqa: E402
+from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
+from disback_pipeline.diffusion.disback import distill, record_degradation  # noqa: E402
+from disback_pipeline.diffusion.evaluation import (  # noqa: E402
+    FeatureSpec,
+    quality,
+    reference_statistics,
+    sample_generator,
+    sample_teacher,
+)
+from disback_pipeline.diffusion.features import train_domain_classifier  # noqa: E402
+from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
+
+
+def env_params(env: str) -> dict:
+    params = {}
+    for folder in ("base", env):
+        for file in sorted((ROOT / "conf" / folder).glob("parameters_*.yml")):
+            params.update(yaml.safe_load(file.read_text()))
+    return params
+
+
+DATASETS = {
+    "ring": ("toy2d", {}),
+    "grid": ("toy2d", {"layout": "grid", "size": 5, "spacing": 0.5, "std": 0.05}),
+    "digits": ("base", {}),
+}
+
+
+def setup(name: str, args) -> dict:
+    env, data_override = DATASETS[name]
+    p = env_params(env)
+    p["data"] = {**p["data"], **data_override}
+    source = make_data_source(p["data"])
+    t0 = time.perf_counter()
+    training = {**p["teacher"]["training"], "log_every": 0}
+    if args.teacher_steps:
+        training["steps"] = args.teacher_steps
+    teacher, _ = pretrain_teacher(source, p["teacher"]["network"], training, seed=0, device="cpu")
+    teacher_s = time.perf_counter() - t0
+    if name == "digits":
+        trained = train_domain_classifier(source, steps=int(p["evaluation"]["domain"]["steps"]), seed=0)
+        features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
+        reference = reference_statistics(features.extract(source.images))
+        metric = "fid"
+    else:
+        features = FeatureSpec("none")
+        x, _ = source.sample(10000, torch.Generator().manual_seed(1000))
+        reference = reference_statistics(features.extract(x))
+        metric = "reverse_kl"
+    n_eval = args.proxy_samples or int(p["evaluation"]["proxy_samples"])
+    x_t, tps_t = sample_teacher(teacher.net, source, n_eval, 0, p["teacher"]["sampler"])
+    teacher_quality = quality(x_t, source, features, reference)[metric]
+    return {"params": p, "source": source, "teacher": teacher, "teacher_s": teacher_s, "features": features,
+            "reference": reference, "metric": metric, "n_eval": n_eval, "teacher_quality": teacher_quality,
+            "teacher_samples_per_s": tps_t}
+
+
+def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args) -> pd.DataFrame:
+    p, source = ctx["params"], ctx["source"]
+    cfg = {**p["backtracking"], "loss": loss, "seed": seed, "enabled": enabled, "device": "cpu", "log_every": 0,
+           "eval_every": args.eval_every or p["backtracking"]["eval_every"], "record_every": 10 ** 9}
+    if args.budget:
+        cfg["budget"] = args.budget
+    path, stage1 = None, 0.0
+    if enabled:
+        d = p["degradation"]
+        path, _ = record_degradation(ctx["teacher"], source, s_init=float(cfg["s_init"]), k1=int(d["k1"]),
+                                     n_nodes=int(d["n_nodes"]), lr=float(d["lr"]), batch_size=int(d["batch_size"]),
+                                     seed=seed, spacing=d["spacing"], candidates=int(d["candidates"]),
+                                     probe_size=int(d["probe_size"]), log_every=0, device="cpu")
+        stage1 = path.metadata["stage1_seconds"]
+    eval_s = []
+
+    def evaluate(gen):
+        t = time.perf_counter()
+        x, _ = sample_generator(gen, source, ctx["n_eval"], 0, float(cfg["s_init"]))
+        out = {"quality": quality(x, source, ctx["features"], ctx["reference"])[ctx["metric"]]}
+        eval_s.append(time.perf_counter() - t)
+        return out
+
+    res = distill(ctx["teacher"], source, path, cfg, time_offset=stage1, evaluate=evaluate)
+    rows = pd.DataFrame([r for r in res.history if "quality" in r])
+    # evaluation time is not training time: remove it from the clock
+    rows["wall_clock_s"] = rows["wall_clock_s"] - np.cumsum(eval_s)[: len(rows)] + np.array(eval_s[: len(rows)])
+    rows["stage1_s"] = stage1
+    rows["final_score_mismatch"] = res.history[-1]["score_mismatch"]
+    return rows[["iteration", "wall_clock_s", "target", "score_mismatch", "quality", "stage1_s"]]
+
+
+def summarise(curves: pd.DataFrame, ctx: dict, name: str, loss: str, levels) -> dict:
+    sub = curves[(curves.dataset == name) & (curves.loss == loss)]
+    mean = sub.groupby(["method", "iteration"]).agg(quality=("quality", "mean"),
+                                                    wall_clock_s=("wall_clock_s", "mean")).reset_index()
+    base, dis = mean[mean.method == "baseline"], mean[mean.method == "disback"]
+    target = float(base["quality"].iloc[-1])
+    b_it, d_it = first_reaching(base, "quality", target, "iteration"), first_reaching(dis, "quality", target,
+                                                                                          "iteration")
+    b_wc, d_wc = first_reaching(base, "quality", target, "wall_clock_s"), first_reaching(dis, "quality", target,
+                                                                                             "wall_clock_s")
+    finals = sub.sort_values("iteration").groupby(["method", "seed"])["quality"].last()
+    per_level = {}
+    for level in levels:
+        for method in ("baseline", "disback"):
+            its = [first_reaching(g, "quality", level, "iteration")
+                   for _, g in sub[sub.method == method].groupby("seed")]
+            reached = [i for i in its if not math.isnan(i)]
+            per_level[f"{method}@{level:g}"] = {"median_iterations": float(np.median(reached)) if reached else None,
+                                                "seeds_reached": len(reached), "seeds": len(its)}
+    return {
+        "metric": ctx["metric"], "target_quality": target,
+        "speedup_iterations": b_it / d_it if d_it == d_it else None,
+        "speedup_wallclock": b_wc / d_wc if d_wc == d_wc else None,
+        "final_quality_baseline": float(finals["baseline"].mean()),
+        "final_quality_baseline_std": float(finals["baseline"].std()),
+        "final_quality_disback": float(finals["disback"].mean()),
+        "final_quality_disback_std": float(finals["disback"].std()),
+        "teacher_quality": ctx["teacher_quality"],
+        "levels": per_level,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default="ring,grid,digits")
+    ap.add_argument("--losses", default="di,dmd")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=0, help="override backtracking.budget (0 = env value)")
+    ap.add_argument("--eval-every", type=int, default=0, help="override backtracking.eval_every")
+    ap.add_argument("--proxy-samples", type=int, default=0, help="override evaluation.proxy_samples")
+    ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    frames, results, setups = [], {}, {}
+    for name in args.datasets.split(","):
+        ctx = setup(name, args)
+        setups[name] = ctx
+        for loss in args.losses.split(","):
+            for seed in range(args.seeds):
+                for enabled in (False, True):
+                    t = time.perf_counter()
+                    rows = run_one(ctx, loss, seed, enabled, args)
+                    rows.insert(0, "dataset", name)
+                    rows.insert(1, "loss", loss)
+                    rows.insert(2, "method", "disback" if enabled else "baseline")
+                    rows.insert(3, "seed", seed)
+                    frames.append(rows)
+                    print(f"{name} {loss} seed {seed} {'disback' if enabled else 'baseline'}: final "
+                          f"{ctx['metric']} {rows['quality'].iloc[-1]:.4g} ({time.perf_counter() - t:.0f} s)",
+                          flush=True)
+            curves = pd.concat(frames, ignore_index=True)
+            curves.to_csv(out / "curves.csv", index=False)
+            levels = sorted({round(ctx["teacher_quality"] * f, 4) for f in (1.5, 3.0, 10.0)})
+            s = summarise(curves, ctx, name, loss, levels)
+            # one-step throughput vs the teacher, same batch, same process
+            x, tps_student = sample_generator(ctx["teacher"].net, ctx["source"], ctx["n_eval"], 0,
+                                              float(ctx["params"]["backtracking"]["s_init"]), batch_size=ctx["n_eval"])
+            s["throughput_ratio"] = tps_student / ctx["teacher_samples_per_s"]
+            results.setdefault(name, {})[loss] = s
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(out, results, setups, args, time.perf_counter() - started)
+    return 0
+
+
+def _fmt(v, nd=3):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}g}"
+
+
+def write_report(out: Path, results: dict, setups: dict, args, total_s: float) -> None:
+    cmd = " ".join(["python benchmarks/convergence.py", f"--datasets {args.datasets}", f"--losses {args.losses}",
+                    f"--seeds {args.seeds}"] + ([f"--budget {args.budget}"] if args.budget else [])
+                   + ([f"--eval-every {args.eval_every}"] if args.eval_every else []))
+    lines = ["# Convergence benchmark: DisBack vs baseline", "",
+             f"Command: `{cmd}`  ", f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+             f"CPU only, Python {platform.python_version()}, torch {torch.__version__}. Total {total_s / 60:.1f} min.",
+             "", "Speed-up = baseline iterations (or wall-clock, stage 1 counted) to reach its own final "
+             "mean quality / DisBack's to reach the same; quality is the mean over seeds at each evaluation. "
+             "Lower quality values are better.", "",
+             "| data | loss | metric | teacher | baseline final (mean +- std) | DisBack final | speed-up (it) | "
+             "speed-up (wall, stage 1 counted) | one-step / teacher throughput |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, per_loss in results.items():
+        for loss, s in per_loss.items():
+            lines.append(f"| {name} | {loss} | {s['metric']} | {_fmt(s['teacher_quality'])} | "
+                         f"{_fmt(s['final_quality_baseline'])} +- {_fmt(s['final_quality_baseline_std'], 2)} | "
+                         f"{_fmt(s['final_quality_disback'])} +- {_fmt(s['final_quality_disback_std'], 2)} | "
+                         f"{_fmt(s['speedup_iterations'])} | {_fmt(s['speedup_wallclock'])} | "
+                         f"{_fmt(s['throughput_ratio'])}x |")
+    lines += ["", "Iterations each method needs to reach fixed quality levels (median over the seeds that got "
+              "there; seeds reached / seeds):", "", "| data | loss | level | baseline | DisBack |", "|---|---|---|---|---|"]
+    for name, per_loss in results.items():
+        for loss, s in per_loss.items():
+            levels = sorted({float(k.split("@")[1]) for k in s["levels"]})
+            for level in levels:
+                b, d = s["levels"][f"baseline@{level:g}"], s["levels"][f"disback@{level:g}"]
+                lines.append(f"| {name} | {loss} | {level:g} | {_fmt(b['median_iterations'])} "
+                             f"({b['seeds_reached']}/{b['seeds']}) | {_fmt(d['median_iterations'])} "
+                             f"({d['seeds_reached']}/{d['seeds']}) |")
+    lines += ["", "Per-evaluation curves (every seed, both methods, score mismatch included): `curves.csv`; "
+              "machine-readable summary: `results.json`.", ""]
+    for name, ctx in setups.items():
+        p = ctx["params"]
+        lines.append(f"- {name}: teacher trained in {ctx['teacher_s']:.0f} s; settings from conf "
+                     f"(`{DATASETS[name][0]}` env): budget {args.budget or p['backtracking']['budget']}, "
+                     f"K2 {p['backtracking']['k2']}, N {p['degradation']['n_nodes']}, K1 {p['degradation']['k1']}, "
+                     f"spacing {p['degradation']['spacing']}, lr {p['backtracking']['lr_generator']}, "
+                     f"batch {p['backtracking']['batch_size']}, r {p['backtracking']['fake_steps']}, "
+                     f"s_init {p['backtracking']['s_init']}.")
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
