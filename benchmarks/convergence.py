@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import platform
 import sys
@@ -42,6 +43,8 @@ from disback_pipeline.diffusion.evaluation import (  # noqa: E402
 )
 from disback_pipeline.diffusion.features import train_domain_classifier  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
+
+log = logging.getLogger("benchmarks.convergence")
 
 
 def env_params(env: str) -> dict:
@@ -141,8 +144,8 @@ def summarise(curves: pd.DataFrame, ctx: dict, name: str, loss: str, levels) -> 
                                                 "seeds_reached": len(reached), "seeds": len(its)}
     return {
         "metric": ctx["metric"], "target_quality": target,
-        "speedup_iterations": b_it / d_it if d_it == d_it else None,
-        "speedup_wallclock": b_wc / d_wc if d_wc == d_wc else None,
+        "speedup_iterations": None if math.isnan(d_it) else b_it / d_it,
+        "speedup_wallclock": None if math.isnan(d_wc) else b_wc / d_wc,
         "final_quality_baseline": float(finals["baseline"].mean()),
         "final_quality_baseline_std": float(finals["baseline"].std()),
         "final_quality_disback": float(finals["disback"].mean()),
@@ -164,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -183,9 +187,9 @@ def main(argv=None) -> int:
                     rows.insert(2, "method", "disback" if enabled else "baseline")
                     rows.insert(3, "seed", seed)
                     frames.append(rows)
-                    print(f"{name} {loss} seed {seed} {'disback' if enabled else 'baseline'}: final "
-                          f"{ctx['metric']} {rows['quality'].iloc[-1]:.4g} ({time.perf_counter() - t:.0f} s)",
-                          flush=True)
+                    log.info("%s %s seed %d %s: final %s %.4g (%.0f s)", name, loss, seed,
+                             "disback" if enabled else "baseline", ctx["metric"], rows["quality"].iloc[-1],
+                             time.perf_counter() - t)
             curves = pd.concat(frames, ignore_index=True)
             curves.to_csv(out / "curves.csv", index=False)
             levels = sorted({round(ctx["teacher_quality"] * f, 4) for f in (1.5, 3.0, 10.0)})
@@ -225,7 +229,8 @@ def write_report(out: Path, results: dict, setups: dict, args, total_s: float) -
                          f"{_fmt(s['speedup_iterations'])} | {_fmt(s['speedup_wallclock'])} | "
                          f"{_fmt(s['throughput_ratio'])}x |")
     lines += ["", "Iterations each method needs to reach fixed quality levels (median over the seeds that got "
-              "there; seeds reached / seeds):", "", "| data | loss | level | baseline | DisBack |", "|---|---|---|---|---|"]
+              "there; seeds reached / seeds):", "",
+              "| data | loss | level | baseline | DisBack |", "|---|---|---|---|---|"]
     for name, per_loss in results.items():
         for loss, s in per_loss.items():
             levels = sorted({float(k.split("@")[1]) for k in s["levels"]})
