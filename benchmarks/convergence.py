@@ -166,17 +166,23 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
+    ap.add_argument("--merge", default="", help="comma-separated folders of parallel runs to combine into --out")
+    ap.add_argument("--merge-commands", default="", help="';'-separated commands of the merged runs")
+    ap.add_argument("--merge-minutes", type=float, default=0.0, help="wall time of the merged runs")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(Path(args.out), [Path(p) for p in args.merge.split(",")],
+              [c.strip() for c in args.merge_commands.split(";") if c.strip()], args.merge_minutes * 60)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    frames, results, setups = [], {}, {}
+    frames, results, settings = [], {}, {}
     for name in args.datasets.split(","):
         ctx = setup(name, args)
-        setups[name] = ctx
         for loss in args.losses.split(","):
             for seed in range(args.seeds):
                 for enabled in (False, True):
@@ -199,25 +205,56 @@ def main(argv=None) -> int:
                                               float(ctx["params"]["backtracking"]["s_init"]), batch_size=ctx["n_eval"])
             s["throughput_ratio"] = tps_student / ctx["teacher_samples_per_s"]
             results.setdefault(name, {})[loss] = s
+            settings[name] = describe(name, ctx, args)
             (out / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(out, results, setups, args, time.perf_counter() - started)
+            (out / "settings.json").write_text(json.dumps(settings, indent=2))
+    write_report(out, results, settings, command(args), time.perf_counter() - started)
     return 0
+
+
+def describe(name: str, ctx: dict, args) -> str:
+    p = ctx["params"]
+    return (f"{name}: teacher trained in {ctx['teacher_s']:.0f} s (teacher {ctx['metric']} "
+            f"{ctx['teacher_quality']:.4g} at NFE {p['teacher']['sampler']['nfe']}); settings from conf "
+            f"(`{DATASETS[name][0]}` env): budget {args.budget or p['backtracking']['budget']}, "
+            f"K2 {p['backtracking']['k2']}, N {p['degradation']['n_nodes']}, K1 {p['degradation']['k1']}, "
+            f"spacing {p['degradation']['spacing']}, lr {p['backtracking']['lr_generator']}, "
+            f"batch {p['backtracking']['batch_size']}, r {p['backtracking']['fake_steps']}, "
+            f"s_init {p['backtracking']['s_init']}, eval every {args.eval_every or p['backtracking']['eval_every']} "
+            f"iterations on {ctx['n_eval']} samples.")
+
+
+def command(args) -> str:
+    return " ".join(["python benchmarks/convergence.py", f"--datasets {args.datasets}", f"--losses {args.losses}",
+                     f"--seeds {args.seeds}"] + ([f"--budget {args.budget}"] if args.budget else [])
+                    + ([f"--eval-every {args.eval_every}"] if args.eval_every else [])
+                    + ([f"--threads {args.threads}"] if args.threads else []))
+
+
+def merge(out: Path, parts: list[Path], commands: list[str], total_s: float) -> None:
+    """Combine the outputs of runs made in parallel (one folder each) into one report."""
+    results, settings = {}, {}
+    frames = []
+    for part in parts:
+        results.update(json.loads((part / "results.json").read_text()))
+        settings.update(json.loads((part / "settings.json").read_text()))
+        frames.append(pd.read_csv(part / "curves.csv"))
+    pd.concat(frames, ignore_index=True).to_csv(out / "curves.csv", index=False)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(out, results, settings, "`; `".join(commands), total_s)
 
 
 def _fmt(v, nd=3):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}g}"
 
 
-def write_report(out: Path, results: dict, setups: dict, args, total_s: float) -> None:
-    cmd = " ".join(["python benchmarks/convergence.py", f"--datasets {args.datasets}", f"--losses {args.losses}",
-                    f"--seeds {args.seeds}"] + ([f"--budget {args.budget}"] if args.budget else [])
-                   + ([f"--eval-every {args.eval_every}"] if args.eval_every else []))
+def write_report(out: Path, results: dict, settings: dict, cmd: str, total_s: float) -> None:
     lines = ["# Convergence benchmark: DisBack vs baseline", "",
-             f"Command: `{cmd}`  ", f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-             f"CPU only, Python {platform.python_version()}, torch {torch.__version__}. Total {total_s / 60:.1f} min.",
+             f"Command(s): `{cmd}`  ", f"Machine: {platform.machine()}, 2 cores, CPU only, Python "
+             f"{platform.python_version()}, torch {torch.__version__}. Wall time {total_s / 60:.0f} min.",
              "", "Speed-up = baseline iterations (or wall-clock, stage 1 counted) to reach its own final "
-             "mean quality / DisBack's to reach the same; quality is the mean over seeds at each evaluation. "
-             "Lower quality values are better.", "",
+             "mean quality / DisBack's to reach the same; quality is the mean over seeds at each evaluation "
+             "(lower is better); n/a = DisBack never reached it.", "",
              "| data | loss | metric | teacher | baseline final (mean +- std) | DisBack final | speed-up (it) | "
              "speed-up (wall, stage 1 counted) | one-step / teacher throughput |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -241,14 +278,7 @@ def write_report(out: Path, results: dict, setups: dict, args, total_s: float) -
                              f"({d['seeds_reached']}/{d['seeds']}) |")
     lines += ["", "Per-evaluation curves (every seed, both methods, score mismatch included): `curves.csv`; "
               "machine-readable summary: `results.json`.", ""]
-    for name, ctx in setups.items():
-        p = ctx["params"]
-        lines.append(f"- {name}: teacher trained in {ctx['teacher_s']:.0f} s; settings from conf "
-                     f"(`{DATASETS[name][0]}` env): budget {args.budget or p['backtracking']['budget']}, "
-                     f"K2 {p['backtracking']['k2']}, N {p['degradation']['n_nodes']}, K1 {p['degradation']['k1']}, "
-                     f"spacing {p['degradation']['spacing']}, lr {p['backtracking']['lr_generator']}, "
-                     f"batch {p['backtracking']['batch_size']}, r {p['backtracking']['fake_steps']}, "
-                     f"s_init {p['backtracking']['s_init']}.")
+    lines += [f"- {text}" for text in settings.values()]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
