@@ -25,15 +25,25 @@ from .diffusion.features import DomainClassifier
 from .diffusion.path import DegradationPath, load_path, save_path
 
 
-class CheckpointDataset(AbstractDataset[Checkpoint, Checkpoint]):
-    """One checkpoint file (weights + architecture config + metadata).
-
-    Saved atomically; loaded with ``weights_only=True`` and strict keys.
-    """
+class _LocalFileDataset(AbstractDataset):
+    """Common part of the project's single-file datasets."""
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = PurePosixPath(filepath)
         self.metadata = metadata
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class CheckpointDataset(_LocalFileDataset):
+    """One checkpoint file (weights + architecture config + metadata).
+
+    Saved atomically; loaded with ``weights_only=True`` and strict keys.
+    """
 
     def load(self) -> Checkpoint:
         return load_checkpoint(self._filepath)
@@ -41,11 +51,6 @@ class CheckpointDataset(AbstractDataset[Checkpoint, Checkpoint]):
     def save(self, data: Checkpoint) -> None:
         save_checkpoint(data, self._filepath)
 
-    def _exists(self) -> bool:
-        return Path(self._filepath).is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
 
 
 class DegradationPathDataset(AbstractDataset[DegradationPath, DegradationPath]):
@@ -72,12 +77,8 @@ class DegradationPathDataset(AbstractDataset[DegradationPath, DegradationPath]):
         return {"path": str(self._path)}
 
 
-class FeatureExtractorDataset(AbstractDataset[FeatureSpec, FeatureSpec]):
+class FeatureExtractorDataset(_LocalFileDataset):
     """The FID feature extractor: kind, settings and (for ``domain``) its weights."""
-
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = PurePosixPath(filepath)
-        self.metadata = metadata
 
     def load(self) -> FeatureSpec:
         path = Path(self._filepath)
@@ -99,19 +100,10 @@ class FeatureExtractorDataset(AbstractDataset[FeatureSpec, FeatureSpec]):
             payload["state_dict"] = {k: v.detach().cpu() for k, v in data.net.state_dict().items()}
         atomic_torch_save(payload, self._filepath)
 
-    def _exists(self) -> bool:
-        return Path(self._filepath).is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
 
 
-class NpzDataset(AbstractDataset[dict, dict]):
+class NpzDataset(_LocalFileDataset):
     """A dict of numpy arrays in one .npz file (written atomically)."""
-
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = PurePosixPath(filepath)
-        self.metadata = metadata
 
     def load(self) -> dict:
         with np.load(Path(self._filepath), allow_pickle=False) as npz:
@@ -128,8 +120,3 @@ class NpzDataset(AbstractDataset[dict, dict]):
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def _exists(self) -> bool:
-        return Path(self._filepath).is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}

@@ -174,6 +174,15 @@ class FourierEmbedding(nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+def _add_level_entry(dec: nn.ModuleDict, res: int, channels: int, bottom: bool, block: dict) -> None:
+    """Decoder entry of a level: two middle blocks (attention, then plain) at the bottom, else an up block."""
+    if bottom:
+        dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+
+
 def _call(block, x, emb):
     return block(x, emb) if isinstance(block, UNetBlock) else block(x)
 
@@ -231,11 +240,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+            _add_level_entry(self.dec, res, cout, level == len(channel_mult) - 1, block)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 attn = idx == num_blocks and res in attn_resolutions
@@ -321,11 +326,7 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+            _add_level_entry(self.dec, res, cout, level == len(channel_mult) - 1, block)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
