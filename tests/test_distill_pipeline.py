@@ -92,6 +92,13 @@ def test_distill_session_run(project):
     assert len(load_path(root / "06_models/degradation_path").nodes) == 3
     gen = load_checkpoint(root / "06_models/generator_ema.pt")
     assert gen.metadata["method"] == "disback" and gen.metadata["step"] == 5
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("disback_pipeline").experiment_id])
+    assert run.info.run_name == "disback-di-digits-seed0"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "backtracking/loss_generator")] == \
+        [1, 2, 3, 4, 5]
     hist = pd.read_csv(root / "08_reporting/backtracking_history.csv")
     assert hist[hist["stage"] == "backtracking"]["target"].tolist() == [order[1]] * 2 + ["teacher"] * 3
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())

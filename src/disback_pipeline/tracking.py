@@ -54,3 +54,11 @@ def log_metrics(values: dict[str, float], step: int | None = None, prefix: str =
         import mlflow
 
         mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=step)
+
+
+def name_run(name: str) -> None:
+    """Give the active run a name that says what it is (method, data, seed)."""
+    if active():
+        import mlflow
+
+        mlflow.set_tag("mlflow.runName", name)

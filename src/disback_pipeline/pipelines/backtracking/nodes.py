@@ -14,7 +14,7 @@ from ...diffusion.disback import distill
 from ...diffusion.evaluation import FeatureSpec, quality, sample_generator
 from ...diffusion.path import DegradationPath
 from ...reporting import switch_grid_figure
-from ...tracking import MetricBuffer, log_metrics
+from ...tracking import MetricBuffer, log_metrics, name_run
 from ..degradation.nodes import HISTORY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     (stage-1 rows first; stage-2 wall-clock continues after stage 1's) and a
     figure of the generator's samples at every change of target.
     """
+    method = "disback" if backtracking.get("enabled", True) else "baseline"
+    name_run(f"{method}-{backtracking.get('loss', 'di')}-{data.get('source')}-seed{backtracking['seed']}")
     result, history, figure = run_distillation(teacher_model, degradation_path, degradation_history,
                                                feature_extractor, reference_stats, data, backtracking, evaluation)
     return result.generator, result.generator_ema, history, figure
