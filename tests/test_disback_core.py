@@ -1,4 +1,5 @@
 import copy
+import time
 
 import pytest
 import torch
@@ -140,3 +141,18 @@ def test_bad_values_are_named():
                            spacing="log")
     with pytest.raises(ValueError, match="K1"):
         record_degradation(_teacher(), SRC, s_init=2.5, k1=1, n_nodes=2, lr=1e-2, batch_size=8, seed=0)
+
+
+def test_evaluation_runs_on_its_own_interval_and_off_the_clock():
+    calls = []
+
+    def evaluate(gen):
+        calls.append(len(calls))
+        time.sleep(0.2)
+        return {"proxy_q": float(len(calls))}
+
+    res = distill(_teacher(), SRC, None, {**CFG, "record_every": 1000, "eval_every": 4}, evaluate=evaluate)
+    evaluated = [r["iteration"] for r in res.history if "proxy_q" in r]
+    assert evaluated == [4, 8, 12] and len(calls) == 3
+    # three 0.2 s evaluations are not training time
+    assert res.history[-1]["wall_clock_s"] < 0.3  # two earlier evaluations alone took 0.4 s
