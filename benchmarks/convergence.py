@@ -31,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from disback_pipeline.diffusion.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from disback_pipeline.diffusion.convergence import first_reaching  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.disback import distill, record_degradation  # noqa: E402
@@ -63,6 +64,7 @@ DATASETS = {
 
 
 def setup(name: str, args) -> dict:
+    """Teacher (trained, or reused from --teacher-cache), feature extractor, reference statistics."""
     env, data_override = DATASETS[name]
     p = env_params(env)
     p["data"] = {**p["data"], **data_override}
@@ -71,8 +73,16 @@ def setup(name: str, args) -> dict:
     training = {**p["teacher"]["training"], "log_every": 0}
     if args.teacher_steps:
         training["steps"] = args.teacher_steps
-    teacher, _ = pretrain_teacher(source, p["teacher"]["network"], training, seed=0, device="cpu")
-    teacher_s = time.perf_counter() - t0
+    cache = Path(args.teacher_cache) / f"{name}_teacher.pt" if args.teacher_cache else None
+    if cache is not None and cache.is_file():  # shared by parallel runs of the same data set
+        teacher = load_checkpoint(cache)
+        teacher_s = float(teacher.metadata["train_seconds"])
+    else:
+        teacher, _ = pretrain_teacher(source, p["teacher"]["network"], training, seed=0, device="cpu")
+        teacher_s = time.perf_counter() - t0
+        if cache is not None:
+            teacher.metadata["train_seconds"] = teacher_s
+            save_checkpoint(teacher, cache)
     if name == "digits":
         trained = train_domain_classifier(source, steps=int(p["evaluation"]["domain"]["steps"]), seed=0)
         features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
@@ -156,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=0, help="override backtracking.eval_every")
     ap.add_argument("--proxy-samples", type=int, default=0, help="override evaluation.proxy_samples")
     ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
+    ap.add_argument("--teacher-cache", default="", help="folder to keep/reuse each data set's trained teacher")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--merge", default="", help="comma-separated folders of parallel runs to combine into --out")
