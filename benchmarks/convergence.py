@@ -239,7 +239,8 @@ def merge(out: Path, parts: list[Path], commands: list[str], total_s: float) -> 
     results, settings = {}, {}
     frames = []
     for part in parts:
-        results.update(json.loads((part / "results.json").read_text()))
+        for name, per_loss in json.loads((part / "results.json").read_text()).items():
+            results.setdefault(name, {}).update(per_loss)
         settings.update(json.loads((part / "settings.json").read_text()))
         frames.append(pd.read_csv(part / "curves.csv"))
     pd.concat(frames, ignore_index=True).to_csv(out / "curves.csv", index=False)
