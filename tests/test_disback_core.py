@@ -6,7 +6,7 @@ import torch
 
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, CheckpointError
-from disback_pipeline.diffusion.data import GaussianMixture2D
+from disback_pipeline.diffusion.data import GaussianMixture2D, load_digits_source
 from disback_pipeline.diffusion.disback import distill, generator_loss, record_degradation
 from disback_pipeline.diffusion.path import load_path, save_path
 
@@ -156,3 +156,8 @@ def test_evaluation_runs_on_its_own_interval_and_off_the_clock():
     assert evaluated == [4, 8, 12] and len(calls) == 3
     # three 0.2 s evaluations are not training time
     assert res.history[-1]["wall_clock_s"] < 0.3  # two earlier evaluations alone took 0.4 s
+
+
+def test_teacher_for_other_data_is_refused_clearly():
+    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*has shape \(1, 8, 8\).*run the teacher"):
+        distill(_teacher(), load_digits_source(), None, CFG)

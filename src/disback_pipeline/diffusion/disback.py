@@ -22,6 +22,7 @@ from .losses import EDMLoss, score_distillation_loss
 from .path import DegradationPath, PathNode, step_key
 from .sampling import one_step_generate
 from .schedule import TEACHER, backtracking_schedule, reaches_teacher
+from .teacher import check_teacher_fits
 from .training import EMA, autocast, make_adam, progress, seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def record_degradation(teacher: Checkpoint, source: DataSource, *, s_init: float
         raise ValueError(f"N (path nodes after the teacher) must be an integer >= 1, got {n_nodes!r}")
     if not isinstance(k1, int) or k1 < n_nodes:
         raise ValueError(f"K1 (degradation iterations) must be an integer >= N = {n_nodes}, got {k1!r}")
+    check_teacher_fits(teacher.config, source)
     dev = select_device(device)
     seed_everything(seed)
     generator = _frozen(copy.deepcopy(teacher.net).to(dev))
@@ -217,6 +219,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     new_target, ema_generator)`` is called at every change of target and once
     at the end (target ``"final"``), e.g. to draw sample grids.
     """
+    check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.get("device", "auto"))
     bf16 = bool(cfg.get("bf16", False))
     seed_everything(int(cfg["seed"]))

@@ -10,6 +10,7 @@ import pandas as pd
 from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.data import make_data_source
 from ...diffusion.evaluation import FeatureSpec, headline_metric, quality, sample_generator, sample_teacher
+from ...diffusion.teacher import check_teacher_fits
 from ...reporting import curves_figure, samples_figure
 from ...tracking import log_metrics
 
@@ -25,6 +26,7 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     figures and the proxy-quality-vs-iteration curve of the run.
     """
     source = make_data_source(data)
+    check_teacher_fits(teacher_model.config, source)
     n, seed = int(evaluation["n_samples"]), int(evaluation.get("seed", 0))
     s_init = float(generator_ema_model.metadata["s_init"])
     x_teacher, tps_teacher = sample_teacher(teacher_model.net, source, n, seed, teacher["sampler"])
