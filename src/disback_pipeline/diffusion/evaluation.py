@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,19 +32,22 @@ class FeatureSpec:
     test_accuracy: float | None = None
     inception_path: str | None = None
     mode: str = "clean"
+    _inception: Any = field(default=None, repr=False, compare=False)
 
     def extract(self, images: torch.Tensor) -> np.ndarray:
         if self.kind == "domain":
             return domain_features(self.net, images)
         if self.kind == "inception":
-            return inception_extractor(self.inception_path, self.mode)(images)
+            if self._inception is None:  # load the torchscript once, not at every evaluation
+                self._inception = inception_extractor(self.inception_path, self.mode)
+            return self._inception(images)
         if self.kind == "none":
             return images.detach().double().cpu().numpy()
         raise ValueError(f"unknown feature extractor {self.kind!r}; choose domain or inception")
 
     @property
     def label(self) -> str:
-        return {"domain": "domain", "inception": "inception", "none": "none"}[self.kind]
+        return self.kind
 
 
 def reference_statistics(features: np.ndarray) -> dict[str, Any]:
