@@ -67,16 +67,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def checkpoint_payload(state_dict: dict, config: dict[str, Any], metadata: dict[str, Any]) -> dict:
+    """What a checkpoint file holds: header, architecture config, weights, metadata."""
+    return {"format": FORMAT, "version": VERSION, "network": dict(config),
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "metadata": dict(metadata)}
+
+
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
-    state = {k: v.detach().cpu() for k, v in ckpt.net.state_dict().items()}
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "network": dict(ckpt.config),
-        "state_dict": state,
-        "metadata": dict(ckpt.metadata),
-    }
-    atomic_torch_save(payload, path)
+    atomic_torch_save(checkpoint_payload(ckpt.net.state_dict(), ckpt.config, ckpt.metadata), path)
 
 
 def read_payload(path: str | Path) -> dict:

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .data import DataSource
-from .losses import EDMLoss, score_distillation_loss
+from .losses import EDMLoss, lognormal_sigma, score_distillation_loss
 from .path import DegradationPath, PathNode, step_key
 from .sampling import one_step_generate
 from .schedule import TEACHER, backtracking_schedule, reaches_teacher
@@ -62,7 +62,7 @@ def make_probe(generator, source: DataSource, s_init: float, n: int, seed: int, 
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     x0, labels = draw_generator_batch(generator, source, n, s_init, device)
-    sigma = (torch.randn(n, device=device) * P_std + P_mean).exp()
+    sigma = lognormal_sigma(n, P_mean, P_std, device)
     x = x0 + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * torch.randn_like(x0)
     torch.random.set_rng_state(state)
     return Probe(x, sigma, labels)
@@ -172,7 +172,7 @@ def sample_sigma(n: int, cfg: dict[str, Any], device) -> torch.Tensor:
     ``loguniform`` (sigma_min, sigma_max)."""
     kind = cfg.get("dist", "lognormal")
     if kind == "lognormal":
-        return (torch.randn(n, device=device) * float(cfg.get("P_std", 1.2)) + float(cfg.get("P_mean", -1.2))).exp()
+        return lognormal_sigma(n, cfg.get("P_mean", -1.2), cfg.get("P_std", 1.2), device)
     if kind == "loguniform":
         lo, hi = torch.tensor([float(cfg["sigma_min"]), float(cfg["sigma_max"])]).log()
         return (torch.rand(n, device=device) * (hi - lo) + lo).exp()
@@ -290,8 +290,11 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             ema.update(generator)
             bar.update(1)
             eval_due = evaluate is not None and eval_every > 0 and (it % eval_every == 0 or it == budget)
-            if it % record_every == 0 or it == budget or it in switches or eval_due:
+            record_due = it % record_every == 0 or it == budget or it in switches or eval_due
+            log_due = log_every and it % log_every == 0
+            if record_due or log_due:
                 mismatch = ((d_fake - d_target) ** 2).reshape(batch, -1).sum(1).mean().item()
+            if record_due:
                 rec = {"iteration": it, "wall_clock_s": time_offset + time.perf_counter() - start - eval_seconds,
                        "stage": "backtracking", "target": target_key, "loss_generator": loss_g.item(),
                        "loss_fake_score": loss_f_sum / r, "score_mismatch": mismatch}
@@ -302,11 +305,10 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 history.append(rec)
                 if on_record is not None:
                     on_record(rec)
-            if log_every and it % log_every == 0:
+            if log_due:
                 now = time.perf_counter()
                 log.info("iteration %d/%d | %.4f s/it | target %s | loss_g %.4g | loss_fake %.4g | mismatch %.4g",
-                         it, budget, (now - last) / log_every, target_key, loss_g.item(), loss_f_sum / r,
-                         ((d_fake - d_target) ** 2).reshape(batch, -1).sum(1).mean().item())
+                         it, budget, (now - last) / log_every, target_key, loss_g.item(), loss_f_sum / r, mismatch)
                 last = now
 
     if on_switch is not None:

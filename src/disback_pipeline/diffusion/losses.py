@@ -9,6 +9,11 @@ def _sum_per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def lognormal_sigma(n: int, P_mean: float, P_std: float, device="cpu") -> torch.Tensor:
+    """Noise levels with ln(sigma) ~ Normal(P_mean, P_std) (global RNG)."""
+    return (torch.randn(n, device=device) * float(P_std) + float(P_mean)).exp()
+
+
 class EDMLoss:
     """EDM denoising score-matching loss.
 
@@ -32,7 +37,7 @@ class EDMLoss:
 
     def __call__(self, net, x0: torch.Tensor, labels=None, sigma=None, noise=None) -> torch.Tensor:
         if sigma is None:
-            sigma = (torch.randn(x0.shape[0], device=x0.device) * self.P_std + self.P_mean).exp()
+            sigma = lognormal_sigma(x0.shape[0], self.P_mean, self.P_std, x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         view = (-1,) + (1,) * (x0.ndim - 1)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_torch_save, load_state_strict, read_payload
+from .checkpoint import CheckpointError, atomic_torch_save, checkpoint_payload, load_state_strict, read_payload
 
 MANIFEST = "manifest.json"
 
@@ -93,10 +93,8 @@ def save_path(path: DegradationPath, folder: str | Path) -> None:
             if state is None:
                 state = read_payload(node.file)["state_dict"]
             fname = f"step_{node.key}.pt"
-            atomic_torch_save({"format": "disback-checkpoint", "version": 1, "network": dict(path.config),
-                               "state_dict": state,
-                               "metadata": {"role": "degradation_path", "key": node.key, "step": node.step}},
-                              tmp / fname)
+            meta = {"role": "degradation_path", "key": node.key, "step": node.step}
+            atomic_torch_save(checkpoint_payload(state, path.config, meta), tmp / fname)
             entries.append({"key": node.key, "step": node.step, "file": fname, "sha256": _sha256(tmp / fname),
                             "distance_to_teacher": node.distance_to_teacher,
                             "distance_to_final": node.distance_to_final})

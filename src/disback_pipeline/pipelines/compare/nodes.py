@@ -18,6 +18,8 @@ from ...tracking import active
 from ..backtracking.nodes import run_distillation
 from ..degradation.nodes import record_degradation_path
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def _nested_run(name: str, params: dict[str, Any]):
@@ -30,9 +32,6 @@ def _nested_run(name: str, params: dict[str, Any]):
     with mlflow.start_run(run_name=name, nested=True):
         mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, dict)})
         yield
-
-
-log = logging.getLogger(__name__)
 
 
 def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, reference_stats: dict,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import pandas as pd
@@ -11,8 +10,8 @@ import torch
 
 from ...diffusion.checkpoint import Checkpoint, load_checkpoint
 from ...diffusion.data import GaussianMixture2D, make_data_source
+from ...diffusion.evaluation import sample_teacher
 from ...diffusion.metrics import mean_nll, mode_stats
-from ...diffusion.sampling import heun_sampler, latents
 from ...diffusion.teacher import pretrain_teacher
 from ...reporting import samples_figure
 from ...tracking import MetricBuffer, log_metrics
@@ -66,17 +65,11 @@ def report_teacher(teacher_model: Checkpoint, data: dict[str, Any], teacher: dic
     cfg = teacher["sampler"]
     n = int(cfg["num_samples"])
     seed = int(cfg.get("seed", 0))
-    z = latents(n, source.shape, seed)
-    gen = torch.Generator().manual_seed(seed)
-    labels = source.random_labels(n, gen)
-    start = time.perf_counter()
-    x = heun_sampler(teacher_model.net, z, labels, nfe=int(cfg["nfe"]), sigma_min=float(cfg["sigma_min"]),
-                     sigma_max=float(cfg["sigma_max"]), rho=float(cfg["rho"]))
-    elapsed = time.perf_counter() - start
-    metrics: dict[str, Any] = {"nfe": int(cfg["nfe"]), "n_samples": n, "samples_per_s": n / elapsed}
+    x, samples_per_s = sample_teacher(teacher_model.net, source, n, seed, cfg)
+    metrics: dict[str, Any] = {"nfe": int(cfg["nfe"]), "n_samples": n, "samples_per_s": samples_per_s}
     reference = None
     if isinstance(source, GaussianMixture2D):
-        reference, _ = source.sample(n, gen)
+        reference, _ = source.sample(n, torch.Generator().manual_seed(seed))
         metrics["nll"] = mean_nll(source, x)
         metrics["nll_data"] = mean_nll(source, reference)
         metrics["nll_gap"] = metrics["nll"] - metrics["nll_data"]
