@@ -101,19 +101,23 @@ def setup(name: str, args) -> dict:
             "teacher_samples_per_s": tps_t}
 
 
-def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args) -> pd.DataFrame:
+def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dict | None = None,
+            device: str = "cpu") -> pd.DataFrame:
+    """One distillation run; ``overrides`` = {"backtracking": {...}, "degradation": {...}} on top of conf."""
     p, source = ctx["params"], ctx["source"]
-    cfg = {**p["backtracking"], "loss": loss, "seed": seed, "enabled": enabled, "device": "cpu", "log_every": 0,
+    overrides = overrides or {}
+    cfg = {**p["backtracking"], "loss": loss, "seed": seed, "enabled": enabled, "device": device, "log_every": 0,
            "eval_every": args.eval_every or p["backtracking"]["eval_every"], "record_every": 10 ** 9}
     if args.budget:
         cfg["budget"] = args.budget
+    cfg.update(overrides.get("backtracking", {}))
     path, stage1 = None, 0.0
     if enabled:
-        d = p["degradation"]
+        d = {**p["degradation"], **overrides.get("degradation", {})}
         path, _ = record_degradation(ctx["teacher"], source, s_init=float(cfg["s_init"]), k1=int(d["k1"]),
                                      n_nodes=int(d["n_nodes"]), lr=float(d["lr"]), batch_size=int(d["batch_size"]),
                                      seed=seed, spacing=d["spacing"], candidates=int(d["candidates"]),
-                                     probe_size=int(d["probe_size"]), log_every=0, device="cpu")
+                                     probe_size=int(d["probe_size"]), log_every=0, device=device)
         stage1 = path.metadata["stage1_seconds"]
     def evaluate(gen):
         x, _ = sample_generator(gen, source, ctx["n_eval"], 0, float(cfg["s_init"]))

@@ -1,6 +1,7 @@
 """GPU path check: a few DisBack iterations of the ImageNet-64 ADM configuration on CUDA in bf16.
 
     python benchmarks/gpu_check.py             # on a CUDA machine: ADM 64x64, label_dim 1000 (~296M parameters)
+    python benchmarks/gpu_check.py --fp32      # the same without bf16 autocast, for the ratio
     python benchmarks/gpu_check.py --tiny      # the same code path on the CPU with a tiny network
 
 Random weights (no checkpoint needed). Prints iterations/s, images/s and peak memory as one JSON line.
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast (the comparison run)")
     args = ap.parse_args(argv)
     cfg = TINY if args.tiny else ADM_IMAGENET64
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in teacher.net.parameters())
     loop = {"loss": "dmd", "s_init": 80.0, "budget": args.iterations, "k2": 0, "fake_steps": 1,
             "lr_generator": 2e-6, "lr_fake": 2e-6, "batch_size": args.batch, "ema_decay": 0.999, "seed": 0,
-            "device": device, "bf16": device == "cuda", "log_every": 0}
+            "device": device, "bf16": device == "cuda" and not args.fp32, "log_every": 0}
     source = RandomLabels(cfg["img_resolution"], cfg["label_dim"])
     distill(teacher, source, None, {**loop, "budget": 1})  # warm-up (allocations, kernels)
     if device == "cuda":

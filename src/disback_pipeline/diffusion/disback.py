@@ -143,8 +143,6 @@ def record_degradation(teacher: Checkpoint, source: DataSource, *, s_init: float
                 log.info("degradation step %d/%d | %.4f s/step | dsm loss %.4f", step, k1,
                          (now - last) / log_every, loss.item())
                 last = now
-    stage1_seconds = time.perf_counter() - start
-
     probe = make_probe(generator, source, s_init, probe_size, seed + 1, dev, P_mean, P_std)
     scratch = _frozen(copy.deepcopy(teacher.net).to(dev))
     final = _frozen(copy.deepcopy(teacher.net).to(dev))
@@ -157,6 +155,7 @@ def record_degradation(teacher: Checkpoint, source: DataSource, *, s_init: float
         dist_final[step] = probe.distance(scratch, final)
     steps = sorted(snapshots)
     chosen = steps if spacing == "iterations" else _pick_by_distance(steps, dist_final, n_nodes)
+    stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
     width = max(6, len(str(k1)))
     nodes = [PathNode(step_key(s, width), s, dist_teacher[s], dist_final[s], state_dict=snapshots[s])
              for s in chosen]

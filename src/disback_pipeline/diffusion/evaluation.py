@@ -68,24 +68,45 @@ def fid_against(reference: dict[str, Any], features: np.ndarray) -> float:
 
 def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: dict[str, Any]):
     """Heun samples and samples/s."""
-    z = latents(n, source.shape, seed)
-    labels = source.random_labels(n, torch.Generator().manual_seed(seed))
+    device = _device_of(teacher)
+    z = latents(n, source.shape, seed, device)
+    labels = _labels(source, n, seed, device)
+    _sync(device)
     start = time.perf_counter()
     x = heun_sampler(teacher, z, labels, nfe=int(sampler["nfe"]), sigma_min=float(sampler["sigma_min"]),
                      sigma_max=float(sampler["sigma_max"]), rho=float(sampler["rho"]))
-    return x, n / (time.perf_counter() - start)
+    _sync(device)
+    return x.cpu(), n / (time.perf_counter() - start)
 
 
 @torch.no_grad()
 def sample_generator(generator, source: DataSource, n: int, seed: int, s_init: float, batch_size: int = 4096):
-    """One-step samples and samples/s."""
-    z = latents(n, source.shape, seed)
-    labels = source.random_labels(n, torch.Generator().manual_seed(seed))
+    """One-step samples (on the CPU) and samples/s, computed on the generator's device."""
+    device = _device_of(generator)
+    z = latents(n, source.shape, seed, device)
+    labels = _labels(source, n, seed, device)
+    _sync(device)
     start = time.perf_counter()
     out = [one_step_generate(generator, z[i:i + batch_size], s_init,
                              None if labels is None else labels[i:i + batch_size])
            for i in range(0, n, batch_size)]
-    return torch.cat(out), n / (time.perf_counter() - start)
+    _sync(device)
+    return torch.cat(out).cpu(), n / (time.perf_counter() - start)
+
+
+def _device_of(net) -> torch.device:
+    """The device a network's weights live on (latents and labels follow it); CPU for a weightless one."""
+    return next((p.device for p in net.parameters()), torch.device("cpu"))
+
+
+def _labels(source: DataSource, n: int, seed: int, device) -> torch.Tensor | None:
+    labels = source.random_labels(n, torch.Generator().manual_seed(seed))
+    return None if labels is None else labels.to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them to completion
+        torch.cuda.synchronize(device)
 
 
 def quality(samples: torch.Tensor, source: DataSource, features: FeatureSpec, reference: dict[str, Any],
