@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -46,6 +47,10 @@ from disback_pipeline.diffusion.features import train_domain_classifier  # noqa:
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
 
 log = logging.getLogger("benchmarks.convergence")
+
+# arm -> (backtracking enabled, overrides). ``disback_n1`` is the ablation's ingredient (b): the fake score
+# starts from the end of the degradation path (N = 1) but the teacher is the only target.
+ARMS = {"baseline": (False, {}), "disback": (True, {}), "disback_n1": (True, {"degradation": {"n_nodes": 1}})}
 
 
 def env_params(env: str) -> dict:
@@ -140,16 +145,28 @@ def summarise(curves: pd.DataFrame, ctx: dict, name: str, loss: str, levels) -> 
     b_wc, d_wc = first_reaching(base, "quality", target, "wall_clock_s"), first_reaching(dis, "quality", target,
                                                                                              "wall_clock_s")
     finals = sub.sort_values("iteration").groupby(["method", "seed"])["quality"].last()
+    arms = list(dict.fromkeys(sub["method"]))
     per_level = {}
     for level in levels:
-        for method in ("baseline", "disback"):
+        for method in arms:
             its = [first_reaching(g, "quality", level, "iteration")
                    for _, g in sub[sub.method == method].groupby("seed")]
             reached = [i for i in its if not math.isnan(i)]
             per_level[f"{method}@{level:g}"] = {"median_iterations": float(np.median(reached)) if reached else None,
                                                 "seeds_reached": len(reached), "seeds": len(its)}
+    ablation = {}
+    for arm in arms:
+        g = mean[mean.method == arm]
+        it, wc = first_reaching(g, "quality", target, "iteration"), first_reaching(g, "quality", target,
+                                                                                   "wall_clock_s")
+        mism = sub[sub.method == arm].groupby("iteration")["score_mismatch"].mean()
+        ablation[arm] = {"speedup_iterations": None if math.isnan(it) else b_it / it,
+                         "speedup_wallclock": None if math.isnan(wc) else b_wc / wc,
+                         "final_mean": float(finals[arm].mean()), "final_std": float(finals[arm].std()),
+                         "mean_over_training": float(g["quality"].mean()),
+                         "score_mismatch": {str(int(i)): float(mism.loc[i]) for i in _spread(mism.index)}}
     return {
-        "metric": ctx["metric"], "target_quality": target,
+        "metric": ctx["metric"], "target_quality": target, "arms": ablation,
         "speedup_iterations": None if math.isnan(d_it) else b_it / d_it,
         "speedup_wallclock": None if math.isnan(d_wc) else b_wc / d_wc,
         "final_quality_baseline": float(finals["baseline"].mean()),
@@ -159,6 +176,12 @@ def summarise(curves: pd.DataFrame, ctx: dict, name: str, loss: str, levels) -> 
         "teacher_quality": ctx["teacher_quality"],
         "levels": per_level,
     }
+
+
+def _spread(index, k: int = 5) -> list:
+    """``k`` evaluation iterations spread over the run (first, ..., last)."""
+    idx = list(index)
+    return sorted({idx[round(i * (len(idx) - 1) / (k - 1))] for i in range(k)}) if idx else []
 
 
 def main(argv=None) -> int:
@@ -172,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
     ap.add_argument("--teacher-cache", default="", help="folder to keep/reuse each data set's trained teacher")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--arms", default="baseline,disback,disback_n1",
+                    help="comma-separated: baseline, disback, disback_n1 (ablation: fake score from P_N, N = 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--merge", default="", help="comma-separated folders of parallel runs to combine into --out")
     ap.add_argument("--merge-commands", default="", help="';'-separated commands of the merged runs")
@@ -181,6 +206,9 @@ def main(argv=None) -> int:
         merge(Path(args.out), [Path(p) for p in args.merge.split(",")],
               [c.strip() for c in args.merge_commands.split(";") if c.strip()], args.merge_minutes * 60)
         return 0
+    arms = args.arms.split(",")
+    if "baseline" not in arms or "disback" not in arms or any(a not in ARMS for a in arms):
+        ap.error(f"--arms needs baseline and disback, from {list(ARMS)}; got {arms}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,19 +220,19 @@ def main(argv=None) -> int:
         ctx = setup(name, args)
         for loss in args.losses.split(","):
             for seed in range(args.seeds):
-                for enabled in (False, True):
+                for arm in arms:
                     t = time.perf_counter()
-                    rows = run_one(ctx, loss, seed, enabled, args)
+                    enabled, overrides = ARMS[arm]
+                    rows = run_one(ctx, loss, seed, enabled, args, overrides)
                     rows.insert(0, "dataset", name)
                     rows.insert(1, "loss", loss)
-                    rows.insert(2, "method", "disback" if enabled else "baseline")
+                    rows.insert(2, "method", arm)
                     rows.insert(3, "seed", seed)
                     frames.append(rows)
-                    log.info("%s %s seed %d %s: final %s %.4g (%.0f s)", name, loss, seed,
-                             "disback" if enabled else "baseline", ctx["metric"], rows["quality"].iloc[-1],
-                             time.perf_counter() - t)
+                    pd.concat(frames, ignore_index=True).to_csv(out / "curves.csv", index=False)
+                    log.info("%s %s seed %d %s: final %s %.4g (%.0f s)", name, loss, seed, arm, ctx["metric"],
+                             rows["quality"].iloc[-1], time.perf_counter() - t)
             curves = pd.concat(frames, ignore_index=True)
-            curves.to_csv(out / "curves.csv", index=False)
             levels = sorted({round(ctx["teacher_quality"] * f, 4) for f in (1.5, 3.0, 10.0)})
             s = summarise(curves, ctx, name, loss, levels)
             # one-step throughput vs the teacher, same batch, same process
@@ -258,7 +286,7 @@ def _fmt(v, nd=3):
 
 def write_report(out: Path, results: dict, settings: dict, cmd: str, total_s: float) -> None:
     lines = ["# Convergence benchmark: DisBack vs baseline", "",
-             f"Command(s): `{cmd}`  ", f"Machine: {platform.machine()}, 2 cores, CPU only, Python "
+             f"Command(s): `{cmd}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, Python "
              f"{platform.python_version()}, torch {torch.__version__}. Wall time {total_s / 60:.0f} min.",
              "", "Speed-up = baseline iterations (or wall-clock, stage 1 counted) to reach its own final "
              "mean quality / DisBack's to reach the same; quality is the mean over seeds at each evaluation "
@@ -275,16 +303,38 @@ def write_report(out: Path, results: dict, settings: dict, cmd: str, total_s: fl
                          f"{_fmt(s['throughput_ratio'])}x |")
     lines += ["", "Iterations each method needs to reach fixed quality levels (median over the seeds that got "
               "there; seeds reached / seeds):", "",
-              "| data | loss | level | baseline | DisBack |", "|---|---|---|---|---|"]
+              "| data | loss | level | baseline | DisBack | DisBack N = 1 (ablation) |", "|---|---|---|---|---|---|"]
     for name, per_loss in results.items():
         for loss, s in per_loss.items():
             levels = sorted({float(k.split("@")[1]) for k in s["levels"]})
             for level in levels:
-                b, d = s["levels"][f"baseline@{level:g}"], s["levels"][f"disback@{level:g}"]
-                lines.append(f"| {name} | {loss} | {level:g} | {_fmt(b['median_iterations'])} "
-                             f"({b['seeds_reached']}/{b['seeds']}) | {_fmt(d['median_iterations'])} "
-                             f"({d['seeds_reached']}/{d['seeds']}) |")
-    lines += ["", "Per-evaluation curves (every seed, both methods, score mismatch included): `curves.csv`; "
+                cells = []
+                for arm in ("baseline", "disback", "disback_n1"):
+                    c = s["levels"].get(f"{arm}@{level:g}")
+                    cells.append("-" if c is None else
+                                 f"{_fmt(c['median_iterations'])} ({c['seeds_reached']}/{c['seeds']})")
+                lines.append(f"| {name} | {loss} | {level:g} | " + " | ".join(cells) + " |")
+    lines += ["", "Ablation: (a) the baseline; (b) `disback_n1`, the fake score initialised from the end of the "
+              "degradation path (N = 1) with the teacher as the only target; (c) `disback`, the full walk down the "
+              "path (conf N and K2; other N and K2 in the sweep). Speed-up against the baseline's final mean "
+              "quality, as above; mean over training = the mean curve averaged over all evaluations (lower = good "
+              "sooner).", "",
+              "| data | loss | arm | final (mean +- std) | mean over training | speed-up (it) | speed-up (wall) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, per_loss in results.items():
+        for loss, s in per_loss.items():
+            for arm, a in s.get("arms", {}).items():
+                lines.append(f"| {name} | {loss} | {arm} | {_fmt(a['final_mean'])} +- {_fmt(a['final_std'], 2)} | "
+                             f"{_fmt(a['mean_over_training'])} | {_fmt(a['speedup_iterations'])} | "
+                             f"{_fmt(a['speedup_wallclock'])} |")
+    lines += ["", "Score mismatch ||D_fake - D_target||^2 on generated samples (mean over seeds) at five points of "
+              "the run (iteration: value):", "", "| data | loss | arm | score mismatch |", "|---|---|---|---|"]
+    for name, per_loss in results.items():
+        for loss, s in per_loss.items():
+            for arm, a in s.get("arms", {}).items():
+                pts = ", ".join(f"{k}: {_fmt(v)}" for k, v in a["score_mismatch"].items())
+                lines.append(f"| {name} | {loss} | {arm} | {pts} |")
+    lines += ["", "Per-evaluation curves (every seed, every arm, score mismatch included): `curves.csv`; "
               "machine-readable summary: `results.json`.", ""]
     lines += [f"- {text}" for text in settings.values()]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")

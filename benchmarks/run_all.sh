@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole convergence benchmark as one command, on a 2-core machine: two lanes of one torch thread each,
+# then one merged report in benchmarks/ (RESULTS.md, results.json, curves.csv).
+#   bash benchmarks/run_all.sh [SEEDS]        (default 5; teachers are cached in .bench/cache)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS=${1:-5}
+PY=${PYTHON:-.venv/bin/python}
+CACHE=.bench/cache
+WORK=.bench/convergence
+mkdir -p "$CACHE" "$WORK"
+export OMP_NUM_THREADS=1
+start=$(date +%s)
+lane() {  # one lane: its parts one after another
+  for part in "$@"; do
+    IFS=: read -r name data losses <<<"$part"
+    "$PY" benchmarks/convergence.py --datasets "$data" --losses "$losses" --seeds "$SEEDS" --threads 1 \
+      --teacher-cache "$CACHE" --out "$WORK/$name" >"$WORK/$name.log" 2>&1
+  done
+}
+lane ring:ring:di,dmd digits_di:digits:di &
+lane grid:grid:di,dmd digits_dmd:digits:dmd &
+wait
+minutes=$(( ($(date +%s) - start) / 60 ))
+cmds=""
+for part in ring:ring:di,dmd grid:grid:di,dmd digits_di:digits:di digits_dmd:digits:dmd; do
+  IFS=: read -r name data losses <<<"$part"
+  cmds+="python benchmarks/convergence.py --datasets $data --losses $losses --seeds $SEEDS --threads 1;"
+done
+"$PY" benchmarks/convergence.py --merge "$WORK/ring,$WORK/grid,$WORK/digits_di,$WORK/digits_dmd" \
+  --merge-commands "$cmds" --merge-minutes "$minutes" --out benchmarks
+echo "convergence benchmark: $minutes min -> benchmarks/RESULTS.md"
