@@ -113,7 +113,9 @@ def summarise(curves: pd.DataFrame) -> list[dict]:
                 .groupby("seed")["quality"].last()
             it, wc = first_reaching(g, "quality", target, "iteration"), first_reaching(g, "quality", target,
                                                                                        "wall_clock_s")
-            out.append({"dataset": name, "loss": loss, "config": config, "method": method,
+            runs = sub[(sub.config == config) & (sub.method == method)]
+            devices = "+".join(sorted(runs["device"].unique())) if "device" in runs else "cpu"
+            out.append({"dataset": name, "loss": loss, "config": config, "method": method, "devices": devices,
                         "varies": CONFIGS[config][2], "seeds": int(finals.size),
                         "final_mean": float(finals.mean()), "final_std": float(finals.std()),
                         "mean_over_training": float(g["quality"].mean()),
@@ -137,16 +139,19 @@ def write_report(out: Path, rows: list[dict], cmd: str, total_s: float, machine_
              "Quality: reverse KL (2-D, lower is better), mean over seeds. `mean over training` averages the "
              "mean curve over all evaluations (lower = got good sooner). Speed-up: iterations (and wall-clock, "
              "stage 1 counted) the *default baseline* needs to reach its own final mean quality, over what "
-             "this setting needs; n/a = never reached.", ""]
+             "this setting needs; n/a = never reached. Wall-clock ratios compare like with like only when both "
+             "runs used the same device (`ran on`): a CUDA run of these small networks is about twice as fast as "
+             "a CPU run, so across devices read the iteration ratios only.", ""]
     for (name, loss), group in pd.DataFrame(rows).groupby(["dataset", "loss"], sort=False):
         lines += [f"## {name} / {loss} (teacher {group['teacher_quality'].iloc[0]:.3g}, default baseline final "
                   f"{group['target_quality'].iloc[0]:.3g})", "",
-                  "| setting | varies | method | final (mean +- std) | mean over training | speed-up (it) | "
-                  "speed-up (wall) |", "|---|---|---|---|---|---|---|"]
+                  "| setting | varies | method | seeds | final (mean +- std) | mean over training | speed-up (it) | "
+                  "speed-up (wall) | ran on |", "|---|---|---|---|---|---|---|---|---|"]
         for r in group.sort_values(["final_mean"]).itertuples():
-            lines.append(f"| {r.config} | {r.varies} | {r.method} | {r.final_mean:.3g} +- {r.final_std:.2g} | "
-                         f"{r.mean_over_training:.3g} | {convergence._fmt(r.speedup_iterations)} | "
-                         f"{convergence._fmt(r.speedup_wallclock)} |")
+            lines.append(f"| {r.config} | {r.varies} | {r.method} | {r.seeds} | {r.final_mean:.3g} +- "
+                         f"{r.final_std:.2g} | {r.mean_over_training:.3g} | "
+                         f"{convergence._fmt(r.speedup_iterations)} | {convergence._fmt(r.speedup_wallclock)} | "
+                         f"{r.devices} |")
         lines.append("")
     (out / "SWEEP.md").write_text("\n".join(lines) + "\n")
 
