@@ -86,3 +86,31 @@ def test_speedup_report():
     assert math.isnan(slower["speedup_iterations"])
     with pytest.raises(ValueError, match="eval_every"):
         speedup_report(baseline.drop(columns="proxy_fid"), disback, "proxy_fid")
+
+
+def test_batched_sampling_gives_the_same_samples_as_one_batch():
+    from disback_pipeline.diffusion.backbones import build_network
+    from disback_pipeline.diffusion.evaluation import sample_generator, sample_teacher
+
+    torch.manual_seed(0)
+    net = build_network({"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8}).eval()
+    src = GaussianMixture2D.ring(4, 1.0, 0.1, conditional=True)
+    sampler = {"nfe": 5, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+    whole, tps = sample_teacher(net, src, 100, 3, sampler)
+    chunked, _ = sample_teacher(net, src, 100, 3, sampler, batch_size=32)  # 32, 32, 32, 4
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    assert chunked.shape == (100, 2) and tps > 0
+    g_whole, _ = sample_generator(net, src, 100, 3, 2.5)
+    g_chunked, _ = sample_generator(net, src, 100, 3, 2.5, batch_size=7)
+    torch.testing.assert_close(g_chunked, g_whole, atol=1e-5, rtol=1e-5)
+    other, _ = sample_teacher(net, src, 100, 4, sampler, batch_size=32)
+    assert not torch.allclose(other, whole)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "64"])
+def test_evaluation_batch_size_must_be_a_positive_integer(bad):
+    from disback_pipeline.pipelines.evaluation.nodes import _positive_int
+
+    with pytest.raises(ValueError, match="evaluation.batch_size must be a positive integer"):
+        _positive_int(bad, "evaluation.batch_size")
+    assert _positive_int(64, "evaluation.batch_size") == 64

@@ -66,17 +66,22 @@ def fid_against(reference: dict[str, Any], features: np.ndarray) -> float:
     return float(frechet_distance(mu, sigma, np.asarray(reference["mu"]), np.asarray(reference["sigma"])))
 
 
-def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: dict[str, Any]):
-    """Heun samples and samples/s."""
+def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: dict[str, Any],
+                   batch_size: int | None = None):
+    """Heun samples (on the CPU) and samples/s, computed on the teacher's device in batches of ``batch_size``
+    (None = all at once). The latents depend on ``seed`` only, not on the batching."""
     device = _device_of(teacher)
     z = latents(n, source.shape, seed, device)
     labels = _labels(source, n, seed, device)
+    step = int(batch_size or n)
     _sync(device)
     start = time.perf_counter()
-    x = heun_sampler(teacher, z, labels, nfe=int(sampler["nfe"]), sigma_min=float(sampler["sigma_min"]),
-                     sigma_max=float(sampler["sigma_max"]), rho=float(sampler["rho"]))
+    out = [heun_sampler(teacher, z[i:i + step], None if labels is None else labels[i:i + step],
+                        nfe=int(sampler["nfe"]), sigma_min=float(sampler["sigma_min"]),
+                        sigma_max=float(sampler["sigma_max"]), rho=float(sampler["rho"])).cpu()
+           for i in range(0, n, step)]
     _sync(device)
-    return x.cpu(), n / (time.perf_counter() - start)
+    return torch.cat(out), n / (time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -88,10 +93,10 @@ def sample_generator(generator, source: DataSource, n: int, seed: int, s_init: f
     _sync(device)
     start = time.perf_counter()
     out = [one_step_generate(generator, z[i:i + batch_size], s_init,
-                             None if labels is None else labels[i:i + batch_size])
+                             None if labels is None else labels[i:i + batch_size]).cpu()
            for i in range(0, n, batch_size)]
     _sync(device)
-    return torch.cat(out).cpu(), n / (time.perf_counter() - start)
+    return torch.cat(out), n / (time.perf_counter() - start)
 
 
 def _device_of(net) -> torch.device:

@@ -11,10 +11,17 @@ from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.data import make_data_source
 from ...diffusion.evaluation import FeatureSpec, headline_metric, quality, sample_generator, sample_teacher
 from ...diffusion.teacher import check_teacher_fits
+from ...diffusion.training import select_device
 from ...reporting import curves_figure, samples_figure
 from ...tracking import log_metrics
 
 log = logging.getLogger(__name__)
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (samples per batch), got {value!r}")
+    return value
 
 
 def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, feature_extractor: FeatureSpec,
@@ -28,10 +35,15 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     source = make_data_source(data)
     check_teacher_fits(teacher_model.config, source)
     n, seed = int(evaluation["n_samples"]), int(evaluation.get("seed", 0))
+    batch = _positive_int(evaluation.get("batch_size", n), "evaluation.batch_size")
+    device = select_device(evaluation.get("device", "auto"))
     s_init = float(generator_ema_model.metadata["s_init"])
-    x_teacher, tps_teacher = sample_teacher(teacher_model.net, source, n, seed, teacher["sampler"])
-    x_student, tps_student = sample_generator(generator_ema_model.net, source, n, seed, s_init, batch_size=n)
-    x_init, _ = sample_generator(teacher_model.net, source, n, seed, s_init, batch_size=n)
+    teacher_net, student_net = teacher_model.net.to(device), generator_ema_model.net.to(device)
+    # the same batch for both, so the throughput ratio compares like with like
+    x_teacher, tps_teacher = sample_teacher(teacher_net, source, n, seed, teacher["sampler"], batch_size=batch)
+    x_student, tps_student = sample_generator(student_net, source, n, seed, s_init, batch_size=batch)
+    x_init, _ = sample_generator(teacher_net, source, n, seed, s_init, batch_size=batch)
+    teacher_model.net.cpu(), generator_ema_model.net.cpu()
     metrics = {
         "teacher": {**quality(x_teacher, source, feature_extractor, reference_stats, seed),
                     "samples_per_s": tps_teacher, "nfe": int(teacher["sampler"]["nfe"])},
