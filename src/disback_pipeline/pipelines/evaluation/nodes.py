@@ -43,7 +43,8 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     x_teacher, tps_teacher = sample_teacher(teacher_net, source, n, seed, teacher["sampler"], batch_size=batch)
     x_student, tps_student = sample_generator(student_net, source, n, seed, s_init, batch_size=batch)
     x_init, _ = sample_generator(teacher_net, source, n, seed, s_init, batch_size=batch)
-    teacher_model.net.cpu(), generator_ema_model.net.cpu()
+    teacher_model.net.cpu()  # the checkpoints stay where they were loaded
+    generator_ema_model.net.cpu()
     metrics = {
         "teacher": {**quality(x_teacher, source, feature_extractor, reference_stats, seed),
                     "samples_per_s": tps_teacher, "nfe": int(teacher["sampler"]["nfe"])},
