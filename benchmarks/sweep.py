@@ -203,9 +203,8 @@ def main(argv=None) -> int:
     counter = ctx.Value("i", 0)
     with ctx.Pool(args.workers, initializer=_init_worker, initargs=(counter, args.gpu_workers)) as pool:
         for rows in pool.imap_unordered(_job, jobs):
-            frames.append(rows)
-            if True:  # every run: a run cut short keeps all finished runs
-                pd.concat(frames, ignore_index=True).to_csv(out / "sweep_curves.csv", index=False)
+            frames.append(rows)  # written after every run: a sweep cut short keeps all finished runs
+            pd.concat(frames, ignore_index=True).to_csv(out / "sweep_curves.csv", index=False)
     curves = pd.concat(frames, ignore_index=True)
     rows = summarise(curves)
     total = time.perf_counter() - started
