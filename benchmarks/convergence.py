@@ -134,16 +134,25 @@ def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dic
     return rows[["iteration", "wall_clock_s", "target", "score_mismatch", "quality", "stage1_s"]]
 
 
+def arm_summary(mean_curve: pd.DataFrame, finals: pd.Series, target: float, ref_it: float, ref_wc: float) -> dict:
+    """One arm against a reference: speed-ups to reach ``target`` (the reference got there at ``ref_it`` iterations
+    and ``ref_wc`` seconds), final quality over seeds and the mean curve's average over training."""
+    it = first_reaching(mean_curve, "quality", target, "iteration")
+    wc = first_reaching(mean_curve, "quality", target, "wall_clock_s")
+    return {"speedup_iterations": None if math.isnan(it) else ref_it / it,
+            "speedup_wallclock": None if math.isnan(wc) else ref_wc / wc,
+            "final_mean": float(finals.mean()), "final_std": float(finals.std()), "seeds": int(finals.size),
+            "mean_over_training": float(mean_curve["quality"].mean())}
+
+
 def summarise(curves: pd.DataFrame, ctx: dict, name: str, loss: str, levels) -> dict:
     sub = curves[(curves.dataset == name) & (curves.loss == loss)]
     mean = sub.groupby(["method", "iteration"]).agg(quality=("quality", "mean"),
                                                     wall_clock_s=("wall_clock_s", "mean")).reset_index()
-    base, dis = mean[mean.method == "baseline"], mean[mean.method == "disback"]
+    base = mean[mean.method == "baseline"]
     target = float(base["quality"].iloc[-1])
-    b_it, d_it = first_reaching(base, "quality", target, "iteration"), first_reaching(dis, "quality", target,
-                                                                                          "iteration")
-    b_wc, d_wc = first_reaching(base, "quality", target, "wall_clock_s"), first_reaching(dis, "quality", target,
-                                                                                             "wall_clock_s")
+    b_it = first_reaching(base, "quality", target, "iteration")
+    b_wc = first_reaching(base, "quality", target, "wall_clock_s")
     finals = sub.sort_values("iteration").groupby(["method", "seed"])["quality"].last()
     arms = list(dict.fromkeys(sub["method"]))
     per_level = {}
@@ -156,23 +165,15 @@ def summarise(curves: pd.DataFrame, ctx: dict, name: str, loss: str, levels) -> 
                                                 "seeds_reached": len(reached), "seeds": len(its)}
     ablation = {}
     for arm in arms:
-        g = mean[mean.method == arm]
-        it, wc = first_reaching(g, "quality", target, "iteration"), first_reaching(g, "quality", target,
-                                                                                   "wall_clock_s")
         mism = sub[sub.method == arm].groupby("iteration")["score_mismatch"].mean()
-        ablation[arm] = {"speedup_iterations": None if math.isnan(it) else b_it / it,
-                         "speedup_wallclock": None if math.isnan(wc) else b_wc / wc,
-                         "final_mean": float(finals[arm].mean()), "final_std": float(finals[arm].std()),
-                         "mean_over_training": float(g["quality"].mean()),
+        ablation[arm] = {**arm_summary(mean[mean.method == arm], finals[arm], target, b_it, b_wc),
                          "score_mismatch": {str(int(i)): float(mism.loc[i]) for i in _spread(mism.index)}}
+    base_s, dis_s = ablation["baseline"], ablation["disback"]
     return {
         "metric": ctx["metric"], "target_quality": target, "arms": ablation,
-        "speedup_iterations": None if math.isnan(d_it) else b_it / d_it,
-        "speedup_wallclock": None if math.isnan(d_wc) else b_wc / d_wc,
-        "final_quality_baseline": float(finals["baseline"].mean()),
-        "final_quality_baseline_std": float(finals["baseline"].std()),
-        "final_quality_disback": float(finals["disback"].mean()),
-        "final_quality_disback_std": float(finals["disback"].std()),
+        "speedup_iterations": dis_s["speedup_iterations"], "speedup_wallclock": dis_s["speedup_wallclock"],
+        "final_quality_baseline": base_s["final_mean"], "final_quality_baseline_std": base_s["final_std"],
+        "final_quality_disback": dis_s["final_mean"], "final_quality_disback_std": dis_s["final_std"],
         "teacher_quality": ctx["teacher_quality"],
         "levels": per_level,
     }

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import platform
 import sys
@@ -109,18 +108,12 @@ def summarise(curves: pd.DataFrame) -> list[dict]:
         ref_it = first_reaching(ref, "quality", target, "iteration")
         ref_wc = first_reaching(ref, "quality", target, "wall_clock_s")
         for (config, method), g in mean.groupby(["config", "method"], sort=False):
-            finals = sub[(sub.config == config) & (sub.method == method)].sort_values("iteration") \
-                .groupby("seed")["quality"].last()
-            it, wc = first_reaching(g, "quality", target, "iteration"), first_reaching(g, "quality", target,
-                                                                                       "wall_clock_s")
             runs = sub[(sub.config == config) & (sub.method == method)]
+            finals = runs.sort_values("iteration").groupby("seed")["quality"].last()
             devices = "+".join(sorted(runs["device"].unique())) if "device" in runs else "cpu"
             out.append({"dataset": name, "loss": loss, "config": config, "method": method, "devices": devices,
-                        "varies": CONFIGS[config][2], "seeds": int(finals.size),
-                        "final_mean": float(finals.mean()), "final_std": float(finals.std()),
-                        "mean_over_training": float(g["quality"].mean()),
-                        "speedup_iterations": None if math.isnan(it) else ref_it / it,
-                        "speedup_wallclock": None if math.isnan(wc) else ref_wc / wc,
+                        "varies": CONFIGS[config][2],
+                        **convergence.arm_summary(g, finals, target, ref_it, ref_wc),
                         "target_quality": target, "metric": str(sub["metric"].iloc[0]),
                         "teacher_quality": float(sub["teacher_quality"].iloc[0])})
     return out
