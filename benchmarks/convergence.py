@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from disback_pipeline.diffusion.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, from_dict, soft_merge  # noqa: E402
 from disback_pipeline.diffusion.convergence import first_reaching  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.disback import distill, record_degradation  # noqa: E402
@@ -54,10 +55,11 @@ ARMS = {"baseline": (False, {}), "disback": (True, {}), "disback_n1": (True, {"d
 
 
 def env_params(env: str) -> dict:
-    params = {}
-    for folder in ("base", env):
+    """The parameters ``kedro run --env ENV`` sees: conf/<env> soft-merged over conf/base (no conf/local)."""
+    params: dict = {}
+    for folder in ("base", env) if env != "base" else ("base",):
         for file in sorted((ROOT / "conf" / folder).glob("parameters_*.yml")):
-            params.update(yaml.safe_load(file.read_text()))
+            params = soft_merge(params, yaml.safe_load(file.read_text()))
     return params
 
 
@@ -107,31 +109,36 @@ def setup(name: str, args) -> dict:
 
 
 def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dict | None = None,
-            device: str = "cpu") -> pd.DataFrame:
-    """One distillation run; ``overrides`` = {"backtracking": {...}, "degradation": {...}} on top of conf."""
+            device: str = "cpu", extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One distillation run; ``overrides`` = {"backtracking": {...}, "degradation": {...}} on top of conf.
+
+    ``extra_metrics`` (e.g. off_mode_mass) are recorded beside ``quality`` at every evaluation."""
     p, source = ctx["params"], ctx["source"]
     overrides = overrides or {}
-    cfg = {**p["backtracking"], "loss": loss, "seed": seed, "enabled": enabled, "device": device, "log_every": 0,
-           "eval_every": args.eval_every or p["backtracking"]["eval_every"], "record_every": 10 ** 9}
+    settings = {**p["backtracking"], "loss": loss, "seed": seed, "enabled": enabled, "device": device,
+                "log_every": 0, "eval_every": args.eval_every or p["backtracking"]["eval_every"],
+                "record_every": 10 ** 9}
     if args.budget:
-        cfg["budget"] = args.budget
-    cfg.update(overrides.get("backtracking", {}))
+        settings["budget"] = args.budget
+    settings.update(overrides.get("backtracking", {}))
+    cfg = from_dict(DistillConfig, settings, "backtracking")
     path, stage1 = None, 0.0
     if enabled:
-        d = {**p["degradation"], **overrides.get("degradation", {})}
-        path, _ = record_degradation(ctx["teacher"], source, s_init=float(cfg["s_init"]), k1=int(d["k1"]),
-                                     n_nodes=int(d["n_nodes"]), lr=float(d["lr"]), batch_size=int(d["batch_size"]),
-                                     seed=seed, spacing=d["spacing"], candidates=int(d["candidates"]),
-                                     probe_size=int(d["probe_size"]), log_every=0, device=device)
+        deg = from_dict(DegradationConfig, {**p["degradation"], **overrides.get("degradation", {}), "seed": seed,
+                                            "log_every": 0, "device": device}, "degradation")
+        path, _ = record_degradation(ctx["teacher"], source, deg, cfg.s_init)
         stage1 = path.metadata["stage1_seconds"]
+
     def evaluate(gen):
-        x, _ = sample_generator(gen, source, ctx["n_eval"], 0, float(cfg["s_init"]))
-        return {"quality": quality(x, source, ctx["features"], ctx["reference"])[ctx["metric"]]}
+        x, _ = sample_generator(gen, source, ctx["n_eval"], 0, cfg.s_init)
+        q = quality(x, source, ctx["features"], ctx["reference"])
+        return {"quality": q[ctx["metric"]], **{k: q[k] for k in extra_metrics if k in q}}
 
     res = distill(ctx["teacher"], source, path, cfg, time_offset=stage1, evaluate=evaluate)
     rows = pd.DataFrame([r for r in res.history if "quality" in r])  # wall-clock excludes evaluation time
     rows["stage1_s"] = stage1
-    return rows[["iteration", "wall_clock_s", "target", "score_mismatch", "quality", "stage1_s"]]
+    keep = ["iteration", "wall_clock_s", "target", "switch_reason", "score_mismatch", "quality", "stage1_s"]
+    return rows[keep + [k for k in extra_metrics if k in rows]]
 
 
 def arm_summary(mean_curve: pd.DataFrame, finals: pd.Series, target: float, ref_it: float, ref_wc: float) -> dict:

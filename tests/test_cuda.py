@@ -5,6 +5,7 @@ import torch
 
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint
+from disback_pipeline.diffusion.config import DegradationConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.disback import distill, record_degradation
 from disback_pipeline.diffusion.evaluation import FeatureSpec, quality, sample_generator, sample_teacher
@@ -36,8 +37,9 @@ def test_samplers_follow_the_network_device_and_return_cpu_tensors():
 @pytest.mark.parametrize("bf16", [False, True])
 def test_disback_on_cuda_with_proxy_evaluation(bf16):
     teacher = _teacher()
-    path, _ = record_degradation(teacher, SRC, s_init=2.5, k1=8, n_nodes=2, lr=1e-2, batch_size=32, seed=0,
-                                 device="cuda", bf16=bf16, log_every=0)
+    deg = DegradationConfig(k1=8, n_nodes=2, lr=1e-2, batch_size=32, seed=0, spacing="iterations",
+                            device="cuda", bf16=bf16, log_every=0)
+    path, _ = record_degradation(teacher, SRC, deg, 2.5)
     seen = []
 
     def evaluate(gen):

@@ -19,7 +19,7 @@ from .conftest import TINY_UNET
 
 MLP = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8, "label_dim": 0}
 DATA = {"source": "gmm2d", "layout": "ring", "num_modes": 4, "radius": 1.0, "std": 0.1}
-DEGRADATION = {"k1": 6, "n_nodes": 3, "lr": 1e-2, "batch_size": 8, "seed": 0, "log_every": 0}
+DEGRADATION = {"k1": 6, "n_nodes": 3, "spacing": "iterations", "lr": 1e-2, "batch_size": 8, "seed": 0, "log_every": 0}
 BACKTRACKING = {"enabled": True, "loss": "dmd", "s_init": 2.5, "k2": 2, "budget": 8, "fake_steps": 1,
                 "lr_generator": 1e-3, "lr_fake": 1e-3, "batch_size": 8, "seed": 0, "log_every": 0, "eval_every": 4}
 
@@ -40,11 +40,12 @@ def _run_slice(enabled: bool):
 def test_slice_with_backtracking():
     catalog = _run_slice(True)
     hist = catalog["backtracking_history"].load()
-    assert list(hist.columns[:7]) == ["iteration", "wall_clock_s", "stage", "target", "loss_generator",
-                                      "loss_fake_score", "score_mismatch"]
+    assert list(hist.columns[:8]) == ["iteration", "wall_clock_s", "stage", "target", "switch_reason",
+                                      "loss_generator", "loss_fake_score", "score_mismatch"]
     assert (hist["stage"] == "degradation").sum() == 6
     stage2 = hist[hist["stage"] == "backtracking"]
     assert stage2["target"].tolist() == ["000004", "000004", "000002", "000002"] + ["teacher"] * 4
+    assert stage2["switch_reason"].fillna("").tolist() == ["start", "", "k2", "", "k2", "", "", ""]
     assert stage2["wall_clock_s"].min() >= hist[hist["stage"] == "degradation"]["wall_clock_s"].max()
     assert catalog["generator_ema_model"].load().metadata["weights"] == "ema"
     proxy = hist.dropna(subset=["proxy_reverse_kl"])

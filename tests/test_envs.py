@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from kedro.config import OmegaConfigLoader
 
+from disback_pipeline.diffusion.config import soft_merge, validate_parameters
 from disback_pipeline.pipelines.reference.nodes import build_feature_extractor
+from disback_pipeline.settings import CONFIG_LOADER_ARGS
 from disback_pipeline.pipelines.teacher.nodes import train_or_load_teacher
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -14,7 +17,8 @@ EDM_ENVS = ["cifar10_cond", "cifar10_uncond", "ffhq64", "afhqv2_64", "imagenet64
 
 
 def _params(env):
-    return OmegaConfigLoader(str(CONF), base_env="base", default_run_env=env)["parameters"]
+    """The parameters a `kedro run --env ENV` sees, with the project's loader settings (soft merge)."""
+    return OmegaConfigLoader(str(CONF), **{**CONFIG_LOADER_ARGS, "default_run_env": env})["parameters"]
 
 
 def test_envs_listed():
@@ -27,6 +31,33 @@ def test_env_has_every_pipeline_key(env):
     for key in ("data", "teacher", "degradation", "backtracking", "evaluation", "compare"):
         assert key in params, key
     assert params["teacher"]["sampler"]["nfe"] % 2 == 1
+    assert set(validate_parameters(params)) == {"data", "teacher", "degradation", "backtracking", "evaluation"}
+
+
+def _leaves(d, path=()):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, (*path, k))
+        else:
+            yield (*path, k), v
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_env_files_hold_only_overrides(env):
+    """Each conf/<env>/ value differs from base (or is absent there); the merge is Kedro's soft merge."""
+    base = {}
+    for file in sorted((CONF / "base").glob("parameters_*.yml")):
+        base.update(yaml.safe_load(file.read_text()))
+    merged = base
+    for file in sorted((CONF / env).glob("parameters_*.yml")):
+        override = yaml.safe_load(file.read_text())
+        for path, value in _leaves(override):
+            node = base
+            for key in path:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            assert node != value, f"{file.name}: {'.'.join(path)} repeats base's value {value!r}"
+        merged = soft_merge(merged, override)
+    assert merged == _params(env)  # our soft_merge (benchmarks use it) is what Kedro does
 
 
 @pytest.mark.parametrize("env", EDM_ENVS)

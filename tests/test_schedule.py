@@ -1,8 +1,15 @@
 import pytest
 
 from disback_pipeline.diffusion.schedule import (
+    CAP,
+    CONVERGED,
+    K2_DONE,
+    PLATEAU,
+    START,
     TEACHER,
+    AdaptiveRule,
     Segment,
+    Walk,
     backtracking_schedule,
     reaches_teacher,
     target_at,
@@ -54,3 +61,72 @@ def test_invalid_values(keys, k2, budget, match):
 def test_target_at_outside_schedule():
     with pytest.raises(ValueError, match="outside the schedule"):
         target_at(backtracking_schedule(KEYS, 1, 5), 6)
+
+
+def _walk_on(curve, rule, keys=KEYS, budget=None):
+    """Feed a synthetic mismatch curve per node: ``curve(node_index, i)``; returns the switches (it, key, why)."""
+    walk = Walk(keys, "adaptive", k2=0, budget=budget or 10_000, rule=rule)
+    switches, node, since = [], -1, 0
+    for it in range(1, (budget or 10_000) + 1):
+        s = walk.target_for(it)
+        if s is not None:
+            switches.append((it, *s))
+            node, since = node + 1, 0
+        since += 1
+        walk.observe(curve(node, since))
+    return switches
+
+
+def test_adaptive_moves_on_when_the_mismatch_has_dropped_to_the_fraction():
+    import math
+
+    rule = AdaptiveRule(fraction=0.5, window=1000, cap=5000, warmup=10, smoothing=0.0)
+    # exponential decay from 1 with time constant 100: the reference is taken at i = 10 (value e^-0.1), and
+    # e^(-i/100) <= 0.5 e^-0.1 first at i = 10 + 100 ln 2 = 79.3, i.e. i = 80
+    switches = _walk_on(lambda node, i: math.exp(-i / 100), rule, budget=400)
+    assert switches[:4] == [(1, "000300", START), (81, "000200", CONVERGED), (161, "000100", CONVERGED),
+                            (241, TEACHER, CONVERGED)]
+    assert len(switches) == 4  # the teacher stays the target to the end
+
+
+def test_adaptive_moves_on_at_a_plateau_and_at_the_cap():
+    flat = AdaptiveRule(fraction=0.5, window=30, cap=500, warmup=5, smoothing=0.0)
+    # a constant mismatch never makes a new low after the reference (taken at i = 5): plateau at i = 35
+    switches = _walk_on(lambda node, i: 1.0, flat, budget=200)
+    assert [(it, why) for it, _, why in switches] == [(1, START), (36, PLATEAU), (71, PLATEAU), (106, PLATEAU)]
+    capped = AdaptiveRule(fraction=0.01, window=1000, cap=50, warmup=5, smoothing=0.0)
+    # a slow steady fall: always a new low, never below 1%: the cap ends every node at 50 iterations
+    switches = _walk_on(lambda node, i: 1.0 - 0.001 * i, capped, budget=200)
+    assert [(it, why) for it, _, why in switches] == [(1, START), (51, CAP), (101, CAP), (151, CAP)]
+
+
+def test_adaptive_smoothing_ignores_single_noisy_dips():
+    import random
+
+    rng = random.Random(0)
+    rule = AdaptiveRule(fraction=0.5, window=10_000, cap=300, warmup=20, smoothing=0.9)
+    # noise around a constant level with rare deep dips: the smoothed value never halves, so the cap decides
+    switches = _walk_on(lambda node, i: 0.05 if i % 97 == 0 else 1.0 + 0.1 * rng.uniform(-1, 1), rule, budget=700)
+    assert [why for _, _, why in switches] == [START, CAP, CAP]
+
+
+def test_fixed_walk_gives_the_schedule_with_reasons():
+    walk = Walk(KEYS, "fixed", k2=10, budget=40)
+    got = [(it, walk.target_for(it)) for it in range(1, 41)]
+    assert [(it, s) for it, s in got if s is not None] == [(1, ("000300", START)), (11, ("000200", K2_DONE)),
+                                                           (21, ("000100", K2_DONE)), (31, (TEACHER, K2_DONE))]
+    baseline = Walk([], "adaptive", k2=0, budget=5)
+    assert baseline.target_for(1) == (TEACHER, START) and not baseline.uses_path
+    baseline.observe(1.0)
+    assert baseline.target_for(2) is None
+
+
+def test_adaptive_rule_and_walk_refuse_bad_values():
+    with pytest.raises(ValueError, match="fraction must be in"):
+        AdaptiveRule(fraction=1.5)
+    with pytest.raises(ValueError, match="warmup"):
+        AdaptiveRule(warmup=600, cap=500)
+    with pytest.raises(ValueError, match="window must be an integer"):
+        AdaptiveRule(window=2.5)
+    with pytest.raises(ValueError, match="switch must be 'fixed' or 'adaptive'"):
+        Walk(KEYS, "sometimes", k2=10, budget=10)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from disback_pipeline.diffusion.config import DegradationConfig
 from disback_pipeline.diffusion.data import make_data_source
 from disback_pipeline.diffusion.disback import distill, record_degradation
 from disback_pipeline.diffusion.evaluation import sample_generator
@@ -44,9 +45,9 @@ def test_short_run_improves_nll_widely(toy2d, loss, enabled):
     path = None
     if enabled:
         deg = _conf("degradation")
-        path, _ = record_degradation(teacher, source, s_init=cfg["s_init"], k1=100, n_nodes=deg["n_nodes"],
-                                     lr=deg["lr"], batch_size=128, seed=0, spacing=deg["spacing"],
-                                     candidates=20, probe_size=256, log_every=0, device="cpu")
+        deg = DegradationConfig(k1=100, n_nodes=deg["n_nodes"], lr=deg["lr"], batch_size=128, seed=0,
+                                spacing=deg["spacing"], candidates=20, probe_size=256, log_every=0, device="cpu")
+        path, _ = record_degradation(teacher, source, deg, cfg["s_init"])
     initial_nll, _ = _nll(source, teacher.net, cfg["s_init"])
     result = distill(teacher, source, path, cfg)
     final_nll, _ = _nll(source, result.generator_ema.net, cfg["s_init"])

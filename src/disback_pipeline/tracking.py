@@ -62,3 +62,11 @@ def name_run(name: str) -> None:
         import mlflow
 
         mlflow.set_tag("mlflow.runName", name)
+
+
+def log_dict(values, artifact_file: str) -> None:
+    """A JSON artifact of the active run (e.g. the backtracking switches and their reasons)."""
+    if active():
+        import mlflow
+
+        mlflow.log_dict(values, artifact_file)

@@ -1,7 +1,12 @@
 """DisBack: degradation recording (stage 1) and distribution backtracking (stage 2).
 
-The baseline (Diff-Instruct / DMD without regression or GAN terms) is the
-same loop with no path: the fake score starts from the teacher and the
+Where things live: the losses (DSM; di, dmd, sid) in :mod:`.losses`, the
+one optimiser step and status line in :mod:`.training`, the switch schedule
+(fixed K2 or adaptive) in :mod:`.schedule`, the path and node selection in
+:mod:`.path`, the settings in :mod:`.config`. This file holds the two loops.
+
+The baseline (Diff-Instruct / DMD / SiD without regression or GAN terms) is
+the same loop with no path: the fake score starts from the teacher and the
 teacher is the target throughout.
 """
 
@@ -12,18 +17,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from .checkpoint import Checkpoint
+from .config import DegradationConfig, DistillConfig, from_dict
 from .data import DataSource
-from .losses import EDMLoss, lognormal_sigma, score_distillation_loss
-from .path import DegradationPath, PathNode, step_key
+from .losses import EDMLoss, lognormal_sigma
+from .path import DegradationPath, PathNode, Probe, candidate_steps, pick_by_distance, step_key
 from .sampling import one_step_generate
-from .schedule import TEACHER, backtracking_schedule, reaches_teacher
+from .schedule import TEACHER, Walk, reaches_teacher
 from .teacher import check_teacher_fits
-from .training import EMA, autocast, make_adam, progress, seed_everything, select_device
+from .training import EMA, StatusLine, make_adam, mean_loss, progress, seed_everything, select_device, train_step
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +48,9 @@ def draw_generator_batch(generator, source: DataSource, n: int, s_init: float, d
         return one_step_generate(generator, z, s_init, labels), labels
 
 
-@dataclass
-class Probe:
-    """A fixed noised batch on which denoisers are compared."""
-
-    x: torch.Tensor
-    sigma: torch.Tensor
-    labels: torch.Tensor | None
-
-    @torch.no_grad()
-    def distance(self, a: torch.nn.Module, b: torch.nn.Module) -> float:
-        """Mean squared difference of the two denoisers' outputs (per element)."""
-        return float(((a(self.x, self.sigma, self.labels) - b(self.x, self.sigma, self.labels)) ** 2).mean())
-
-
 def make_probe(generator, source: DataSource, s_init: float, n: int, seed: int, device,
                P_mean: float = -1.2, P_std: float = 1.2) -> Probe:
+    """A noised batch of the generator's samples, drawn from its own seed (the global RNG is restored)."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     x0, labels = draw_generator_batch(generator, source, n, s_init, device)
@@ -68,128 +60,76 @@ def make_probe(generator, source: DataSource, s_init: float, n: int, seed: int, 
     return Probe(x, sigma, labels)
 
 
-def _candidate_steps(k1: int, n_nodes: int, spacing: str, candidates: int) -> list[int]:
-    if spacing == "iterations":
-        return sorted({round(i * k1 / n_nodes) for i in range(n_nodes + 1)})
-    return sorted({round(i * k1 / candidates) for i in range(candidates + 1)})
-
-
-def _pick_by_distance(steps: list[int], dist_final: dict[int, float], n_nodes: int) -> list[int]:
-    """P_0, P_N and N-1 nodes where the distance to P_N has dropped by equal shares."""
-    total = dist_final[steps[0]]
-    chosen = [steps[0]]
-    for i in range(1, n_nodes):
-        level = total * (1 - i / n_nodes)
-        pool = [s for s in steps if chosen[-1] < s < steps[-1]]
-        remaining = n_nodes - i  # nodes still to place after this one, P_N included
-        pool = pool[: max(0, len(pool) - (remaining - 1))]
-        if not pool:
-            break
-        chosen.append(min(pool, key=lambda s: abs(dist_final[s] - level)))
-    chosen.append(steps[-1])
-    return chosen
-
-
-def record_degradation(teacher: Checkpoint, source: DataSource, *, s_init: float, k1: int, n_nodes: int,
-                       lr: float, batch_size: int, seed: int, spacing: str = "iterations",
-                       betas=(0.9, 0.999), candidates: int = 64, probe_size: int = 512,
-                       P_mean: float = -1.2, P_std: float = 1.2, device: str = "auto", bf16: bool = False,
-                       log_every: int = 100, record_every: int = 1,
+def record_degradation(teacher: Checkpoint, source: DataSource, cfg: DegradationConfig, s_init: float,
                        on_record: RecordCallback | None = None) -> tuple[DegradationPath, list[dict]]:
     """Stage 1: fine-tune a teacher copy on samples of the frozen initial generator.
 
     Returns the path P_0 (unmodified teacher) ... P_N (end of fine-tuning) and a
-    history of DSM losses. ``spacing`` = ``iterations`` places the nodes evenly
-    in steps; ``distance`` places them where the denoiser distance to P_N has
-    dropped by equal shares (among ``candidates`` evenly spaced snapshots).
+    history of DSM losses. ``cfg.spacing`` = ``iterations`` places the nodes
+    evenly in steps; ``distance`` places them where the denoiser distance to
+    P_N has dropped by equal shares (among ``cfg.candidates`` snapshots).
     """
-    if spacing not in ("iterations", "distance"):
-        raise ValueError(f"degradation spacing must be 'iterations' or 'distance', got {spacing!r}")
-    if not isinstance(n_nodes, int) or n_nodes < 1:
-        raise ValueError(f"N (path nodes after the teacher) must be an integer >= 1, got {n_nodes!r}")
-    if not isinstance(k1, int) or k1 < n_nodes:
-        raise ValueError(f"K1 (degradation iterations) must be an integer >= N = {n_nodes}, got {k1!r}")
     check_teacher_fits(teacher.config, source)
-    dev = select_device(device)
-    seed_everything(seed)
+    dev = select_device(cfg.device)
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
     generator = _frozen(copy.deepcopy(teacher.net).to(dev))
+    snapshots, history = _fine_tune(teacher, generator, source, cfg, s_init, dev, start, on_record)
+    nodes = _choose_nodes(teacher, generator, source, cfg, s_init, dev, snapshots)
+    stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
+    meta = {"s_init": float(s_init), "k1": cfg.k1, "n_nodes": len(nodes) - 1, "spacing": cfg.spacing,
+            "seed": cfg.seed, "stage1_iterations": cfg.k1, "stage1_seconds": stage1_seconds, "dataset": source.name}
+    log.info("degradation path: %s", ", ".join(f"{n.key} (to teacher {n.distance_to_teacher:.4g}, "
+                                                f"to end {n.distance_to_final:.4g})" for n in nodes))
+    return DegradationPath(dict(teacher.config), nodes, meta), history
+
+
+def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, start, on_record):
+    """Stage 1's DSM steps on the generator's samples; returns the kept snapshots and the history."""
     degraded = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
-    loss_fn = EDMLoss(P_mean, P_std, degraded.sigma_data)
-    opt = make_adam(degraded.parameters(), lr, betas)
-    snap_steps = _candidate_steps(k1, n_nodes, spacing, max(candidates, n_nodes))
-    snapshots = {0: {k: v.detach().cpu().clone() for k, v in degraded.state_dict().items()}}
+    loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, degraded.sigma_data)
+    opt = make_adam(degraded.parameters(), cfg.lr, cfg.betas)
+    snap_steps = candidate_steps(cfg.k1, cfg.n_nodes, cfg.spacing, max(cfg.candidates, cfg.n_nodes))
+    snapshots = {0: _cpu_state(degraded)}
     history: list[dict] = []
-    start = last = time.perf_counter()
-    with progress(k1, "degradation") as bar:
-        for step in range(1, k1 + 1):
-            x0, labels = draw_generator_batch(generator, source, batch_size, s_init, dev)
-            with autocast(dev, bf16):
-                loss = loss_fn(degraded, x0, labels).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    status = StatusLine("degradation", cfg.k1, cfg.log_every)
+    with progress(cfg.k1, "degradation") as bar:
+        for step in range(1, cfg.k1 + 1):
+            x0, labels = draw_generator_batch(generator, source, cfg.batch_size, s_init, dev)
+            loss = train_step(opt, mean_loss, loss_fn, degraded, x0, labels, device=dev, bf16=cfg.bf16)
             if step in snap_steps:
-                snapshots[step] = {k: v.detach().cpu().clone() for k, v in degraded.state_dict().items()}
-            if step % record_every == 0 or step == k1:
+                snapshots[step] = _cpu_state(degraded)
+            if step % cfg.record_every == 0 or step == cfg.k1:
                 rec = {"iteration": step, "wall_clock_s": time.perf_counter() - start, "stage": "degradation",
-                       "target": "-", "loss_generator": float("nan"), "loss_fake_score": loss.item(),
-                       "score_mismatch": float("nan")}
+                       "target": "-", "switch_reason": "", "loss_generator": float("nan"),
+                       "loss_fake_score": loss.item(), "score_mismatch": float("nan")}
                 history.append(rec)
                 if on_record is not None:
                     on_record(rec)
             bar.update(1)
-            if log_every and step % log_every == 0:
-                now = time.perf_counter()
-                log.info("degradation step %d/%d | %.4f s/step | dsm loss %.4f", step, k1,
-                         (now - last) / log_every, loss.item())
-                last = now
-    probe = make_probe(generator, source, s_init, probe_size, seed + 1, dev, P_mean, P_std)
-    scratch = _frozen(copy.deepcopy(teacher.net).to(dev))
-    final = _frozen(copy.deepcopy(teacher.net).to(dev))
-    final.load_state_dict(snapshots[k1])
-    teacher_net = _frozen(copy.deepcopy(teacher.net).to(dev))
+            if status.due(step):
+                status(step, dsm_loss=loss.item())
+    return snapshots, history
+
+
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _choose_nodes(teacher, generator, source, cfg: DegradationConfig, s_init, dev, snapshots) -> list[PathNode]:
+    """Distances of every snapshot to the teacher and to P_N on a fixed probe, then the nodes."""
+    probe = make_probe(generator, source, s_init, cfg.probe_size, cfg.seed + 1, dev, cfg.P_mean, cfg.P_std)
+    scratch, final, teacher_net = (_frozen(copy.deepcopy(teacher.net).to(dev)) for _ in range(3))
+    final.load_state_dict(snapshots[cfg.k1])
     dist_teacher, dist_final = {}, {}
     for step, state in snapshots.items():
         scratch.load_state_dict(state)
         dist_teacher[step] = probe.distance(scratch, teacher_net)
         dist_final[step] = probe.distance(scratch, final)
     steps = sorted(snapshots)
-    chosen = steps if spacing == "iterations" else _pick_by_distance(steps, dist_final, n_nodes)
-    stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
-    width = max(6, len(str(k1)))
-    nodes = [PathNode(step_key(s, width), s, dist_teacher[s], dist_final[s], state_dict=snapshots[s])
-             for s in chosen]
-    meta = {"s_init": float(s_init), "k1": k1, "n_nodes": len(nodes) - 1, "spacing": spacing, "seed": seed,
-            "stage1_iterations": k1, "stage1_seconds": stage1_seconds, "dataset": source.name}
-    log.info("degradation path: %s", ", ".join(f"{n.key} (to teacher {n.distance_to_teacher:.4g}, "
-                                                f"to end {n.distance_to_final:.4g})" for n in nodes))
-    return DegradationPath(dict(teacher.config), nodes, meta), history
-
-
-def sample_sigma(n: int, cfg: dict[str, Any], device) -> torch.Tensor:
-    """Noise levels for the generator loss: ``lognormal`` (P_mean, P_std) or
-    ``loguniform`` (sigma_min, sigma_max)."""
-    kind = cfg.get("dist", "lognormal")
-    if kind == "lognormal":
-        return lognormal_sigma(n, cfg.get("P_mean", -1.2), cfg.get("P_std", 1.2), device)
-    if kind == "loguniform":
-        lo, hi = torch.tensor([float(cfg["sigma_min"]), float(cfg["sigma_max"])]).log()
-        return (torch.rand(n, device=device) * (hi - lo) + lo).exp()
-    raise ValueError(f"generator sigma distribution must be 'lognormal' or 'loguniform', got {kind!r}")
-
-
-def generator_loss(x0: torch.Tensor, fake, target, sigma: torch.Tensor, labels=None, kind: str = "di"):
-    """Score-distillation loss of generator samples ``x0`` (with gradient).
-
-    x_s = x0 + sigma eps; both denoisers are evaluated at x_s without gradient;
-    the gradient on x0 is proportional to D_fake(x_s) - D_target(x_s).
-    Returns (mean loss, D_fake, D_target).
-    """
-    x_s = x0.detach() + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * torch.randn_like(x0)
-    with torch.no_grad():
-        d_fake = fake(x_s, sigma, labels)
-        d_target = target(x_s, sigma, labels)
-    return score_distillation_loss(x0.float(), d_fake, d_target, kind=kind).mean(), d_fake, d_target
+    chosen = steps if cfg.spacing == "iterations" else pick_by_distance(steps, dist_final, cfg.n_nodes)
+    width = max(6, len(str(cfg.k1)))
+    return [PathNode(step_key(s, width), s, dist_teacher[s], dist_final[s], state_dict=snapshots[s]) for s in chosen]
 
 
 @dataclass
@@ -197,124 +137,144 @@ class DistillResult:
     generator: Checkpoint
     generator_ema: Checkpoint
     history: list[dict]
-    schedule: list
 
 
-def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: dict[str, Any],
+@dataclass
+class _Nets:
+    """Stage 2's networks and optimisers."""
+
+    teacher: torch.nn.Module
+    generator: torch.nn.Module
+    fake: torch.nn.Module
+    scratch: torch.nn.Module  # holds the current path node when it is the target
+    ema: EMA
+    opt_g: torch.optim.Optimizer
+    opt_f: torch.optim.Optimizer
+
+
+def _build_nets(teacher: Checkpoint, path: DegradationPath | None, cfg: DistillConfig, dev) -> _Nets:
+    teacher_net = _frozen(teacher.net.to(dev))
+    generator = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
+    fake = copy.deepcopy(teacher.net).to(dev)
+    if path is not None:
+        path.load_into(fake, path.keys[-1])
+        log.info("fake score initialised from the end of the path (%s)", path.keys[-1])
+    fake.train().requires_grad_(True)
+    scratch = _frozen(copy.deepcopy(teacher.net).to(dev))
+    ema = EMA(generator, cfg.ema_decay)
+    return _Nets(teacher_net, generator, fake, scratch, ema, make_adam(generator.parameters(), cfg.lr_generator,
+                 cfg.betas), make_adam(fake.parameters(), cfg.lr_fake, cfg.betas))
+
+
+def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn.Module:
+    if key == TEACHER:
+        return nets.teacher
+    path.load_into(nets.scratch, key)
+    return nets.scratch
+
+
+def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: DistillConfig, dev) -> torch.Tensor:
+    """Step 1: one DSM step of the fake score on detached generator samples."""
+    x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
+    return train_step(nets.opt_f, mean_loss, loss_fn, nets.fake, x0.detach(), labels, device=dev, bf16=cfg.bf16)
+
+
+def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev):
+    """Step 2: one generator step on the score-distillation loss against ``target``; EMA follows."""
+    def compute():
+        x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev, grad=True)
+        out = loss_fn(x0, nets.fake, target, labels)
+        return out.loss.mean(), out
+
+    loss, out = train_step(nets.opt_g, compute, device=dev, bf16=cfg.bf16)
+    nets.ema.update(nets.generator)
+    return loss, out
+
+
+def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig | dict,
             time_offset: float = 0.0, on_record: RecordCallback | None = None,
             evaluate: Callable[[torch.nn.Module], dict] | None = None,
             on_switch: Callable[[int, str, torch.nn.Module], None] | None = None) -> DistillResult:
     """Stage 2: score distillation of a one-step generator.
 
     With a path (backtracking enabled) the fake score starts from P_N and the
-    targets walk P_{N-1} ... P_0 = teacher per :func:`backtracking_schedule`;
-    without one (the baseline) the fake score starts from the teacher, which is
-    the target throughout. ``cfg`` keys: loss (di | dmd), s_init, k2, budget,
-    fake_steps, lr_generator, lr_fake, betas, batch_size, sigma, fake_P_mean,
-    fake_P_std, ema_decay, seed, device, bf16, log_every, record_every,
-    eval_every. ``evaluate(generator)`` (optional) returns extra history columns
-    every ``eval_every`` iterations (on the EMA generator; its time is not counted
-    in ``wall_clock_s``). ``on_switch(iteration,
-    new_target, ema_generator)`` is called at every change of target and once
-    at the end (target ``"final"``), e.g. to draw sample grids.
+    targets walk P_{N-1} ... P_0 = teacher (:class:`Walk`: K2 iterations per
+    node, or until the mismatch converges); without one (the baseline) the
+    fake score starts from the teacher, which is the target throughout.
+    ``evaluate(generator)`` (optional) returns extra history columns every
+    ``eval_every`` iterations (on the EMA generator; its time is not counted in
+    ``wall_clock_s``). ``on_switch(iteration, new_target, ema_generator)`` is
+    called at every change of target and once at the end (target ``"final"``).
     """
+    cfg = cfg if isinstance(cfg, DistillConfig) else from_dict(DistillConfig, cfg, "backtracking")
     check_teacher_fits(teacher.config, source)
-    dev = select_device(cfg.get("device", "auto"))
-    bf16 = bool(cfg.get("bf16", False))
-    seed_everything(int(cfg["seed"]))
-    s_init, budget, k2 = float(cfg["s_init"]), cfg["budget"], cfg.get("k2", 0)
-    kind = cfg.get("loss", "di")
-    r = int(cfg.get("fake_steps", 1))
-    if r < 1:
-        raise ValueError(f"fake_steps (r) must be >= 1, got {r}")
-    batch = int(cfg["batch_size"])
-    use_path = path is not None and len(path.nodes) >= 2
-    keys = path.keys if use_path else []
-    schedule = backtracking_schedule(keys, k2 if use_path else 0, budget)
-    if use_path and not reaches_teacher(schedule):
+    dev = select_device(cfg.device)
+    seed_everything(cfg.seed)
+    path = path if path is not None and len(path.nodes) >= 2 else None
+    walk = Walk(path.keys if path else [], cfg.switch, cfg.k2, cfg.budget, cfg.adaptive)
+    if path and cfg.switch == "fixed" and not reaches_teacher(walk.segments):
         log.warning("budget %d ends before the walk reaches the teacher (%d path nodes x K2=%d)",
-                    budget, len(keys) - 1, k2)
-
-    teacher_net = _frozen(teacher.net.to(dev))
-    generator = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
-    fake = copy.deepcopy(teacher.net).to(dev)
-    if use_path:
-        path.load_into(fake, keys[-1])
-        log.info("fake score initialised from the end of the path (%s)", keys[-1])
-    fake.train().requires_grad_(True)
-    target_scratch = _frozen(copy.deepcopy(teacher.net).to(dev))
-    ema = EMA(generator, float(cfg.get("ema_decay", 0.999)))
-    betas = cfg.get("betas", (0.0, 0.999))
-    opt_g = make_adam(generator.parameters(), float(cfg["lr_generator"]), betas)
-    opt_f = make_adam(fake.parameters(), float(cfg["lr_fake"]), betas)
-    fake_loss = EDMLoss(cfg.get("fake_P_mean", -1.2), cfg.get("fake_P_std", 1.2), fake.sigma_data)
-    sigma_cfg = cfg.get("sigma", {"dist": "lognormal"})
-    log_every, record_every = int(cfg.get("log_every", 100)), int(cfg.get("record_every", 1))
-    eval_every = int(cfg.get("eval_every", 0))
-
+                    cfg.budget, len(path.keys) - 1, cfg.k2)
+    nets = _build_nets(teacher, path, cfg, dev)
+    fake_loss = EDMLoss(cfg.fake_P_mean, cfg.fake_P_std, nets.fake.sigma_data)
+    gen_loss = cfg.generator_loss()
+    clock = _Clock(time_offset)
     history: list[dict] = []
-    switches = {seg.start: seg.target for seg in schedule}
-    target, target_key = teacher_net, TEACHER
-    eval_seconds = 0.0
-    start = last = time.perf_counter()
-    with progress(budget, "backtracking" if use_path else "baseline") as bar:
-        for it in range(1, budget + 1):
-            if it in switches:
-                target_key = switches[it]
-                if target_key == TEACHER:
-                    target = teacher_net
-                else:
-                    path.load_into(target_scratch, target_key)
-                    target = target_scratch
-                log.info("iteration %d: target is now %s", it,
-                         target_key if target_key == TEACHER else f"path node {target_key}")
+    status = StatusLine("backtracking" if path else "baseline", cfg.budget, cfg.log_every)
+    target, key, reason = nets.teacher, TEACHER, ""
+    with progress(cfg.budget, status.desc) as bar:
+        for it in range(1, cfg.budget + 1):
+            switch = walk.target_for(it)
+            if switch is not None:
+                (key, reason), target = switch, _target_net(nets, path, switch[0])
+                log.info("iteration %d: target is now %s (%s)", it, key if key == TEACHER else f"path node {key}",
+                         reason)
                 if on_switch is not None:
-                    on_switch(it, target_key, ema.net)
-            loss_f_sum = 0.0
-            for _ in range(r):
-                x0, labels = draw_generator_batch(generator, source, batch, s_init, dev)
-                with autocast(dev, bf16):
-                    loss_f = fake_loss(fake, x0.detach(), labels).mean()
-                opt_f.zero_grad(set_to_none=True)
-                loss_f.backward()
-                opt_f.step()
-                loss_f_sum += loss_f.item()
-            with autocast(dev, bf16):
-                x0, labels = draw_generator_batch(generator, source, batch, s_init, dev, grad=True)
-                sigma = sample_sigma(batch, sigma_cfg, dev)
-                loss_g, d_fake, d_target = generator_loss(x0, fake, target, sigma, labels, kind)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            ema.update(generator)
+                    on_switch(it, key, nets.ema.net)
+            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev).item() for _ in range(cfg.fake_steps))
+            loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev)
             bar.update(1)
-            eval_due = evaluate is not None and eval_every > 0 and (it % eval_every == 0 or it == budget)
-            record_due = it % record_every == 0 or it == budget or it in switches or eval_due
-            log_due = log_every and it % log_every == 0
-            if record_due or log_due:
-                mismatch = ((d_fake - d_target) ** 2).reshape(batch, -1).sum(1).mean().item()
+            eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
+            record_due = it % cfg.record_every == 0 or it == cfg.budget or switch is not None or eval_due
+            mismatch = out.score_mismatch().item() if (record_due or status.due(it) or walk.switch == "adaptive") \
+                else float("nan")
+            walk.observe(mismatch)
             if record_due:
-                rec = {"iteration": it, "wall_clock_s": time_offset + time.perf_counter() - start - eval_seconds,
-                       "stage": "backtracking", "target": target_key, "loss_generator": loss_g.item(),
-                       "loss_fake_score": loss_f_sum / r, "score_mismatch": mismatch}
-                if eval_due:  # evaluation time is kept out of the training clock
-                    t_eval = time.perf_counter()
-                    rec.update(evaluate(ema.net))
-                    eval_seconds += time.perf_counter() - t_eval
+                rec = {"iteration": it, "wall_clock_s": clock.now(), "stage": "backtracking", "target": key,
+                       "switch_reason": reason if switch is not None else "", "loss_generator": loss_g.item(),
+                       "loss_fake_score": loss_f / cfg.fake_steps, "score_mismatch": mismatch}
+                if eval_due:
+                    rec.update(clock.off_the_clock(evaluate, nets.ema.net))
                 history.append(rec)
                 if on_record is not None:
                     on_record(rec)
-            if log_due:
-                now = time.perf_counter()
-                log.info("iteration %d/%d | %.4f s/it | target %s | loss_g %.4g | loss_fake %.4g | mismatch %.4g",
-                         it, budget, (now - last) / log_every, target_key, loss_g.item(), loss_f_sum / r, mismatch)
-                last = now
+            status(it, target=key, loss_g=loss_g.item(), loss_fake=loss_f / cfg.fake_steps, mismatch=mismatch)
+    return _finish(teacher, source, cfg, nets, history, on_switch, "disback" if path else "baseline")
 
+
+class _Clock:
+    """Training wall-clock: continues after stage 1 (``offset``) and leaves evaluation time out."""
+
+    def __init__(self, offset: float):
+        self.offset, self.start, self.excluded = offset, time.perf_counter(), 0.0
+
+    def now(self) -> float:
+        return self.offset + time.perf_counter() - self.start - self.excluded
+
+    def off_the_clock(self, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.excluded += time.perf_counter() - t
+
+
+def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, history, on_switch, method: str) -> DistillResult:
     if on_switch is not None:
-        on_switch(budget, "final", ema.net)
-    meta = {"role": "generator", "s_init": s_init, "step": budget, "dataset": source.name,
-            "seed": int(cfg["seed"]), "method": "disback" if use_path else "baseline", "loss": kind}
-    gen_ckpt = Checkpoint(_frozen(generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
-    ema_ckpt = Checkpoint(ema.net.cpu(), dict(teacher.config), {**meta, "weights": "ema"})
+        on_switch(cfg.budget, "final", nets.ema.net)
+    meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
+            "method": method, "loss": cfg.loss}
+    gen_ckpt = Checkpoint(_frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
+    ema_ckpt = Checkpoint(nets.ema.net.cpu(), dict(teacher.config), {**meta, "weights": "ema"})
     teacher.net.cpu()
-    return DistillResult(gen_ckpt, ema_ckpt, history, schedule)
+    return DistillResult(gen_ckpt, ema_ckpt, history)

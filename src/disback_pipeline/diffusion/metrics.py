@@ -26,9 +26,10 @@ def mode_assignment(gmm: GaussianMixture2D, x: torch.Tensor, radius_std: float =
 
 def mode_stats(gmm: GaussianMixture2D, x: torch.Tensor, radius_std: float = 3.0,
                min_share: float = 0.2) -> dict[str, float]:
-    """Precision (share of samples within ``radius_std`` std of a mode) and mode
-    coverage (share of modes holding at least ``min_share`` of their expected
-    count of near samples)."""
+    """Precision (share of samples within ``radius_std`` std of a mode), its
+    complement the off-mode mass, mode coverage (share of modes holding at least
+    ``min_share`` of their expected count of near samples) and the within-mode
+    spread (:func:`within_mode_std`)."""
     idx, near = mode_assignment(gmm, x, radius_std)
     k = len(gmm.means)
     counts = torch.bincount(idx[near], minlength=k).double()
@@ -36,7 +37,22 @@ def mode_stats(gmm: GaussianMixture2D, x: torch.Tensor, radius_std: float = 3.0,
     return {
         "precision": float(near.double().mean()),
         "mode_coverage": float((counts >= min_share * expected).double().mean()),
+        "off_mode_mass": float(1.0 - near.double().mean()),
+        "mode_std": within_mode_std(gmm, x, idx, near),
     }
+
+
+def within_mode_std(gmm: GaussianMixture2D, x: torch.Tensor, idx: torch.Tensor, near: torch.Tensor) -> float:
+    """Per-axis standard deviation of the near samples around their own mode's sample mean
+    (the data's is ``gmm.std``); NaN when no sample is near a mode."""
+    x = torch.as_tensor(x, dtype=torch.float64)[near]
+    idx = idx[near]
+    if len(x) < 2:
+        return float("nan")
+    k = len(gmm.means)
+    counts = torch.bincount(idx, minlength=k).double().clamp_min(1)
+    centres = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, idx, x) / counts[:, None]
+    return float(((x - centres[idx]) ** 2).mean().sqrt())
 
 
 def _knn_radius(points: np.ndarray, queries: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
@@ -83,7 +99,8 @@ def frechet_distance_of(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def gmm_metrics(gmm: GaussianMixture2D, samples: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """All exact 2-D metrics: NLL, mode coverage, precision, Frechet distance, reverse/forward KL."""
+    """All exact 2-D metrics: NLL, mode coverage, precision, off-mode mass, within-mode std, Frechet
+    distance, reverse/forward KL."""
     true, _ = gmm.sample_with_components(len(samples), torch.Generator().manual_seed(seed + 1))
     out = {"nll": mean_nll(gmm, samples), **mode_stats(gmm, samples)}
     out["frechet_distance"] = frechet_distance_of(samples.double().cpu().numpy(), true.double().numpy())

@@ -3,6 +3,8 @@
 On disk the path is a folder of our checkpoint files ``step_<zero-padded>.pt``
 plus ``manifest.json`` (order, steps, sha256 hashes, distances, stage-1 cost).
 Nodes are loaded one at a time and strictly into an existing network.
+Choosing which stage-1 snapshots become nodes (:func:`candidate_steps`,
+:func:`pick_by_distance`, measured on a :class:`Probe`) lives here too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,49 @@ import torch
 from .checkpoint import CheckpointError, atomic_torch_save, checkpoint_payload, load_state_strict, read_payload
 
 MANIFEST = "manifest.json"
+
+
+@dataclass
+class Probe:
+    """A fixed noised batch on which denoisers are compared."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    labels: torch.Tensor | None
+
+    @torch.no_grad()
+    def distance(self, a: torch.nn.Module, b: torch.nn.Module) -> float:
+        """Mean squared difference of the two denoisers' outputs (per element)."""
+        return float(((a(self.x, self.sigma, self.labels) - b(self.x, self.sigma, self.labels)) ** 2).mean())
+
+
+def candidate_steps(k1: int, n_nodes: int, spacing: str, candidates: int) -> list[int]:
+    """Stage-1 steps whose weights are kept: the N+1 node steps (``iterations``),
+    or ``candidates`` + 1 evenly spaced snapshots to choose from (``distance``)."""
+    if spacing == "iterations":
+        return sorted({round(i * k1 / n_nodes) for i in range(n_nodes + 1)})
+    return sorted({round(i * k1 / candidates) for i in range(candidates + 1)})
+
+
+def pick_by_distance(steps: list[int], dist_final: dict[int, float], n_nodes: int) -> list[int]:
+    """P_0, P_N and N-1 nodes where the distance to P_N has dropped by equal shares.
+
+    ``dist_final[s]`` is the denoiser distance of snapshot ``s`` to the last
+    one. Node i aims at the level (1 - i/N) x the distance of P_0; each node
+    comes after the previous one, and enough snapshots stay free for the rest.
+    """
+    total = dist_final[steps[0]]
+    chosen = [steps[0]]
+    for i in range(1, n_nodes):
+        level = total * (1 - i / n_nodes)
+        pool = [s for s in steps if chosen[-1] < s < steps[-1]]
+        remaining = n_nodes - i  # nodes still to place after this one, P_N included
+        pool = pool[: max(0, len(pool) - (remaining - 1))]
+        if not pool:
+            break
+        chosen.append(min(pool, key=lambda s: abs(dist_final[s] - level)))
+    chosen.append(steps[-1])
+    return chosen
 
 
 def step_key(step: int, width: int = 6) -> str:

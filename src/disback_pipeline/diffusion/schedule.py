@@ -60,3 +60,103 @@ def target_at(segments: list[Segment], iteration: int) -> str:
         if seg.start <= iteration <= seg.end:
             return seg.target
     raise ValueError(f"iteration {iteration} is outside the schedule (1..{segments[-1].end})")
+
+
+# Reasons recorded in the history's ``switch_reason`` column.
+START, K2_DONE, CONVERGED, PLATEAU, CAP = "start", "k2", "converged", "plateau", "cap"
+
+
+@dataclass(frozen=True)
+class AdaptiveRule:
+    """When backtracking leaves a path node: on convergence of the score mismatch against it.
+
+    The mismatch is smoothed with an exponential moving average. ``warmup``
+    iterations after a switch its smoothed value is taken as the node's
+    reference; the walk moves on when the smoothed mismatch drops below
+    ``fraction`` x reference (``converged``), or when it has made no new low
+    for ``window`` iterations (``plateau``), or after ``cap`` iterations on the
+    node (``cap``).
+    """
+
+    fraction: float = 0.5    # share of the reference mismatch that counts as converged (0..1)
+    window: int = 100        # iterations without a new low that count as a plateau (count)
+    cap: int = 500           # most iterations per intermediate node (count)
+    warmup: int = 20         # iterations after a switch before the reference is taken (count)
+    smoothing: float = 0.9   # EMA factor of the mismatch per iteration (0..1; 0 = no smoothing)
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction!r}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing!r}")
+        for name in ("window", "cap", "warmup"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.warmup >= self.cap:
+            raise ValueError(f"warmup ({self.warmup}) must be below cap ({self.cap})")
+
+
+class Walk:
+    """The order of targets in stage 2 and when to move on.
+
+    ``switch`` = ``fixed`` follows :func:`backtracking_schedule` (K2 iterations
+    per intermediate node); ``adaptive`` follows an :class:`AdaptiveRule` fed
+    with the score mismatch after every generator iteration. Without a path
+    (the baseline) the teacher is the target throughout.
+
+    Call :meth:`target_for` at the start of iteration ``it`` (1-based): it
+    returns ``(key, reason)`` when the target changes there, else None. Call
+    :meth:`observe` with the iteration's mismatch after the step.
+    """
+
+    def __init__(self, path_keys: list[str], switch: str, k2: int, budget: int,
+                 rule: AdaptiveRule | None = None):
+        if switch not in ("fixed", "adaptive"):
+            raise ValueError(f"backtracking.switch must be 'fixed' or 'adaptive', got {switch!r}")
+        self.switch, self.rule = switch, rule or AdaptiveRule()
+        self.segments = backtracking_schedule(path_keys, k2 if switch == "fixed" else 0, budget)
+        self._fixed = {seg.start: seg.target for seg in self.segments}
+        self.queue = list(reversed(path_keys[1:-1])) + [TEACHER] if path_keys else [TEACHER]
+        self.index = -1          # position in ``queue`` of the current target
+        self._pending: str | None = START
+        self._since = 0          # iterations on the current node
+        self._smooth = self._ref = self._low = None
+        self._low_at = 0
+
+    @property
+    def uses_path(self) -> bool:
+        return len(self.queue) > 1
+
+    def target_for(self, it: int) -> tuple[str, str] | None:
+        if self.switch == "fixed":
+            if it not in self._fixed:
+                return None
+            key = self._fixed[it]
+            return key, START if it == 1 else K2_DONE
+        if self._pending is None:
+            return None
+        reason, self._pending = self._pending, None
+        self.index += 1
+        self._since, self._smooth, self._ref, self._low = 0, None, None, None
+        return self.queue[self.index], reason
+
+    def observe(self, mismatch: float) -> None:
+        """Feed the mismatch of the iteration just done (adaptive only; at the teacher nothing is decided)."""
+        if self.switch == "fixed" or self.queue[self.index] == TEACHER:
+            return
+        r = self.rule
+        self._since += 1
+        self._smooth = mismatch if self._smooth is None else r.smoothing * self._smooth + (1 - r.smoothing) * mismatch
+        if self._since < r.warmup:
+            return
+        if self._ref is None:
+            self._ref, self._low, self._low_at = self._smooth, self._smooth, self._since
+        if self._smooth < self._low:
+            self._low, self._low_at = self._smooth, self._since
+        if self._smooth <= r.fraction * self._ref:
+            self._pending = CONVERGED
+        elif self._since - self._low_at >= r.window:
+            self._pending = PLATEAU
+        elif self._since >= r.cap:
+            self._pending = CAP

@@ -10,10 +10,27 @@ from .data import DataSource
 from .losses import EDMLoss
 from .training import StepCallback, seed_everything, select_device, train_dsm
 
+BACKBONES = ("mlp", "unet", "songunet", "dhariwalunet")
+
+
+def flatten_network(network: dict[str, Any]) -> dict[str, Any]:
+    """The flat architecture config of the selected backbone.
+
+    In the YAML each backbone's arguments sit under its own name
+    (``{backbone: mlp, sigma_data: 0.5, mlp: {...}, unet: {...}}``) so that an
+    environment can switch backbone by overriding, without inheriting the other
+    backbone's arguments; only the selected set is used. A flat dict (as stored
+    in checkpoints) is returned as it is.
+    """
+    backbone = network.get("backbone")
+    flat = {k: v for k, v in network.items() if k not in BACKBONES}
+    flat.update(network.get(backbone) or {})
+    return flat
+
 
 def network_config_for(source: DataSource, network: dict[str, Any]) -> dict[str, Any]:
     """Complete a network config with the shape and label count of the data."""
-    cfg = dict(network)
+    cfg = flatten_network(network)
     cfg["label_dim"] = source.label_dim
     if cfg.get("backbone") == "mlp":
         if len(source.shape) != 1:

@@ -1,4 +1,5 @@
-"""Training helpers: device choice, autocast, EMA and the DSM training loop."""
+"""Training helpers: device choice, autocast, EMA, the one optimiser step, the
+status line, and the DSM training loop (teacher pre-training)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -84,6 +86,54 @@ def lr_lambda(schedule: str, steps: int, warmup_steps: int = 0) -> Callable[[int
 
 StepCallback = Callable[[int, dict], None]
 
+# Columns of every stage's history table (stage 1 and stage 2 share one table).
+HISTORY_COLUMNS = ["iteration", "wall_clock_s", "stage", "target", "switch_reason", "loss_generator",
+                   "loss_fake_score", "score_mismatch"]
+
+
+def train_step(opt: torch.optim.Optimizer, compute_loss: Callable[..., Any], *args, device: torch.device,
+               bf16: bool = False, grad_clip: float | None = None):
+    """One optimiser step: autocast, loss, zero_grad, backward, (clip), step.
+
+    ``compute_loss(*args)`` returns the scalar loss, or a tuple whose first
+    entry is the scalar loss; the same is returned, so callers keep what they
+    need of it (the generator step keeps the denoisers' outputs).
+    """
+    with autocast(device, bf16):
+        out = compute_loss(*args)
+    loss = out[0] if isinstance(out, tuple) else out
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+    opt.step()
+    return out
+
+
+def mean_loss(loss_fn, net, x0, labels) -> torch.Tensor:
+    """The batch mean of a per-sample DSM loss."""
+    return loss_fn(net, x0, labels).mean()
+
+
+class StatusLine:
+    """One log line every ``every`` steps (and at the last): step, s/step and the given values."""
+
+    def __init__(self, desc: str, total: int, every: int):
+        self.desc, self.total, self.every = desc, int(total), int(every)
+        self._last, self._last_step = time.perf_counter(), 0
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == self.total)
+
+    def __call__(self, step: int, **values) -> None:
+        if not self.due(step):
+            return
+        now = time.perf_counter()
+        per_step = (now - self._last) / max(1, step - self._last_step)
+        self._last, self._last_step = now, step
+        fields = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        log.info("%s %d/%d | %.4f s/step | %s", self.desc, step, self.total, per_step, fields)
+
 
 def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int, batch_size: int,
               lr: float, ema_decay: float = 0.999, loss_fn: EDMLoss | None = None,
@@ -107,19 +157,14 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int,
     opt = make_adam(net.parameters(), lr, betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(lr_schedule, steps, warmup_steps))
     history: list[dict] = []
-    start = last = time.perf_counter()
+    status = StatusLine(desc, steps, log_every)
+    start = time.perf_counter()
     with progress(steps, desc) as bar:
         for step in range(1, steps + 1):
             x0, labels = batches(batch_size)
             x0 = x0.to(device)
             labels = None if labels is None else labels.to(device)
-            with autocast(device, bf16):
-                loss = loss_fn(net, x0, labels).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-            opt.step()
+            loss = train_step(opt, mean_loss, loss_fn, net, x0, labels, device=device, bf16=bf16, grad_clip=grad_clip)
             sched.step()
             ema.update(net)
             record = {"step": step, "loss": loss.item(), "wall_clock_s": time.perf_counter() - start}
@@ -127,11 +172,6 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int,
             if on_step is not None:
                 on_step(step, record)
             bar.update(1)
-            if log_every and (step % log_every == 0 or step == steps):
-                now = time.perf_counter()
-                span = log_every if step % log_every == 0 else step % log_every
-                log.info("%s step %d/%d | %.4f s/step | loss %.4f", desc, step, steps,
-                         (now - last) / span, record["loss"])
-                last = now
+            status(step, loss=record["loss"])
     net.eval()
     return ema.net, history

@@ -9,13 +9,14 @@ import pandas as pd
 import torch
 
 from ...diffusion.checkpoint import Checkpoint
+from ...diffusion.config import DistillConfig, from_dict
 from ...diffusion.data import make_data_source
 from ...diffusion.disback import distill
 from ...diffusion.evaluation import FeatureSpec, quality, sample_generator
 from ...diffusion.path import DegradationPath
+from ...diffusion.training import HISTORY_COLUMNS
 from ...reporting import switch_grid_figure
-from ...tracking import MetricBuffer, log_metrics, name_run
-from ..degradation.nodes import HISTORY_COLUMNS
+from ...tracking import MetricBuffer, log_dict, log_metrics, name_run
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,13 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
                      data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any],
                      metric_prefix: str = "backtracking/"):
     """Shared by ``backtracking`` and ``compare``: returns (result, history frame, switch figure)."""
-    enabled = bool(backtracking.get("enabled", True))
+    cfg = from_dict(DistillConfig, backtracking, "backtracking")
+    enabled = cfg.enabled
     if enabled and len(degradation_path.nodes) < 2:
         raise ValueError("backtracking.enabled is true but the degradation path is empty; "
                          "re-run the degradation pipeline with backtracking enabled")
     source = make_data_source(data)
-    s_init = float(backtracking["s_init"])
+    s_init = cfg.s_init
     stage1 = float(degradation_path.metadata.get("stage1_seconds", 0.0)) if enabled else 0.0
     metrics = MetricBuffer(prefix=metric_prefix)
     n_grid, seed = int(evaluation.get("grid_samples", 64)), int(evaluation.get("seed", 0))
@@ -55,13 +57,19 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
         x, _ = sample_generator(generator, source, n_grid if len(source.shape) > 1 else 2000, seed, s_init)
         snapshots.append((iteration, target, x))
 
+    switches: list[dict] = []
+
     def on_record(rec):
         metrics.log(rec["iteration"], {k: v for k, v in rec.items() if k in LOGGED or k.startswith("proxy_")})
+        if rec["switch_reason"]:  # every change of target, with why (start, k2, converged, plateau, cap)
+            switches.append({k: rec[k] for k in ("iteration", "target", "switch_reason", "score_mismatch")})
+            metrics.log(rec["iteration"], {"target_index": len(switches) - 1})
 
-    result = distill(teacher_model, source, degradation_path if enabled else None, backtracking,
+    result = distill(teacher_model, source, degradation_path if enabled else None, cfg,
                      time_offset=stage1, on_record=on_record, on_switch=on_switch,
                      evaluate=_proxy_evaluator(source, feature_extractor, reference_stats, evaluation, s_init))
     metrics.flush()
+    log_dict(switches, f"{metric_prefix}switches.json")
     log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
                 prefix=metric_prefix)
     stage1_rows = degradation_history if enabled else degradation_history.iloc[0:0]
@@ -80,8 +88,8 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     (stage-1 rows first; stage-2 wall-clock continues after stage 1's) and a
     figure of the generator's samples at every change of target.
     """
-    method = "disback" if backtracking.get("enabled", True) else "baseline"
-    name_run(f"{method}-{backtracking.get('loss', 'di')}-{data.get('source')}-seed{backtracking['seed']}")
+    cfg = from_dict(DistillConfig, backtracking, "backtracking")
+    name_run(f"{cfg.method}-{cfg.loss}-{data.get('source')}-seed{cfg.seed}")
     result, history, figure = run_distillation(teacher_model, degradation_path, degradation_history,
                                                feature_extractor, reference_stats, data, backtracking, evaluation)
     return result.generator, result.generator_ema, history, figure

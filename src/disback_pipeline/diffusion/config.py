@@ -1,0 +1,419 @@
+"""Typed configuration: one frozen dataclass per stage, built once from the parameters dict.
+
+Each field has its unit in a comment and the single default (the YAML files in
+conf/ repeat the values users change). :func:`from_dict` refuses unknown keys,
+naming the nearest valid one, and wrong types; each class's ``__post_init__``
+checks ranges and choices, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .schedule import AdaptiveRule
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type, or out of range."""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp, where: str):
+    """``value`` as type ``tp`` or a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {' | '.join(map(str, choices))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {_type_name(tp)} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {list(value)!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp!r}")  # pragma: no cover - a bug in a config class
+
+
+def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
+    """Build the frozen dataclass ``cls`` from ``data``; unknown keys and wrong types fail."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+        hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+        raise ConfigError(f"unknown parameter {prefix}{key}{hint}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # range checks in __post_init__ start with the field's name
+        raise ConfigError(f"{prefix}{exc}") from exc
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not v > 0:
+            raise ConfigError(f"{name} must be > 0, got {v!r}")
+
+
+def _at_least(obj, low: int, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v < low:
+            raise ConfigError(f"{name} must be >= {low}, got {v!r}")
+
+
+def _fraction(obj, *names: str, closed: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+            raise ConfigError(f"{name} must be in [0, 1{']' if closed else ')'}, got {v!r}")
+
+
+Device = str  # auto | cpu | cuda | cuda:N
+
+
+def _device(obj) -> None:
+    if not (obj.device in ("auto", "cpu") or obj.device.startswith("cuda")):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {obj.device!r}")
+
+
+@dataclass(frozen=True)
+class SigmaConfig:
+    """Noise levels of the Diff-Instruct / DMD generator loss."""
+
+    dist: Literal["lognormal", "loguniform"] = "lognormal"  # distribution of sigma
+    P_mean: float = -1.2      # mean of ln(sigma) for lognormal (log data units)
+    P_std: float = 1.2        # std of ln(sigma) for lognormal (log data units)
+    sigma_min: float = 0.002  # lowest sigma for loguniform (data units)
+    sigma_max: float = 80.0   # highest sigma for loguniform (data units)
+
+    def __post_init__(self):
+        _positive(self, "P_std", "sigma_min")
+        if not self.sigma_max > self.sigma_min:
+            raise ConfigError(f"sigma_max must be > sigma_min, got {self.sigma_max} <= {self.sigma_min}")
+
+
+@dataclass(frozen=True)
+class SiDConfig:
+    """Hyper-parameters of the SiD generator loss (used when loss = sid)."""
+
+    alpha: float = 1.2        # weight of the ||D_T - D_F||^2 term (dimensionless)
+    t_max: float = 0.8        # cap on the noise level: uniform position in [0, t_max] of EDM's schedule (0..1]
+    sigma_min: float = 0.002  # schedule's smallest sigma (data units)
+    sigma_max: float = 80.0   # schedule's largest sigma (data units)
+    rho: float = 7.0          # schedule curvature (dimensionless)
+    normalise: bool = True    # divide per sample by mean |x_g - D_T|
+
+    def __post_init__(self):
+        if not 0.0 < self.t_max <= 1.0:
+            raise ConfigError(f"t_max must be in (0, 1], got {self.t_max!r}")
+        _positive(self, "sigma_min", "rho")
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """The adversarial term on real data (used when gan_weight > 0)."""
+
+    lr: float = 1.0e-4        # Adam learning rate of the discriminator head (per step)
+    hidden: int = 64          # width of the head's hidden layer (units)
+    P_mean: float = -1.2      # mean of ln(sigma) at which real and generated data are noised
+    P_std: float = 1.2        # std of ln(sigma) for the same
+
+    def __post_init__(self):
+        _positive(self, "lr", "hidden", "P_std")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stage 2 (and the baseline): score distillation of the one-step generator."""
+
+    enabled: bool = True              # false = the baseline: no stage 1, fake score from the teacher
+    loss: Literal["di", "dmd", "sid"] = "di"  # base score-distillation loss
+    s_init: float = 2.5               # noise level at which G denoises its latent (data units)
+    switch: Literal["fixed", "adaptive"] = "fixed"  # when to leave a path node
+    k2: int = 50                      # K2: generator iterations per intermediate node when fixed (count)
+    adaptive: AdaptiveRule = field(default_factory=AdaptiveRule)  # rule when switch = adaptive
+    budget: int = 600                 # total generator iterations (count)
+    fake_steps: int = 1               # r: fake-score DSM steps per generator step (count)
+    lr_generator: float = 1.0e-4      # generator Adam learning rate (per step)
+    lr_fake: float = 1.0e-4           # fake-score Adam learning rate (per step)
+    betas: tuple[float, float] = (0.0, 0.999)  # Adam betas for both networks
+    batch_size: int = 64              # samples per step (count)
+    sigma: SigmaConfig = field(default_factory=SigmaConfig)  # generator-loss noise levels (di, dmd)
+    sid: SiDConfig = field(default_factory=SiDConfig)         # SiD's hyper-parameters (loss = sid)
+    gan_weight: float = 0.0           # weight of the adversarial term on real data (0 = off)
+    gan: GanConfig = field(default_factory=GanConfig)         # the adversarial head (gan_weight > 0)
+    fake_P_mean: float = -1.2         # mean of ln(sigma) for the fake score's DSM loss
+    fake_P_std: float = 1.2           # std of ln(sigma) for the fake score's DSM loss
+    ema_decay: float = 0.99           # generator EMA decay per iteration (fraction)
+    seed: int = 0                     # integer RNG seed
+    device: Device = "auto"           # auto | cpu | cuda
+    bf16: bool = False                # bf16 autocast on CUDA
+    log_every: int = 100              # status line interval (iterations; 0 = never)
+    eval_every: int = 100             # proxy-quality interval (iterations; 0 = never)
+    record_every: int = 1             # history row interval (iterations)
+
+    def __post_init__(self):
+        _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
+        _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight")
+        _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every")
+        _fraction(self, "ema_decay")
+        for i, b in enumerate(self.betas):
+            if not 0.0 <= b < 1.0:
+                raise ConfigError(f"betas[{i}] must be in [0, 1), got {b!r}")
+        _device(self)
+
+    @property
+    def method(self) -> str:
+        return "disback" if self.enabled else "baseline"
+
+    def generator_loss(self):
+        """The configured generator loss object."""
+        from .losses import make_generator_loss
+
+        if self.loss == "sid":
+            return make_generator_loss("sid", **dataclasses.asdict(self.sid))
+        s = self.sigma
+        return make_generator_loss(self.loss, sigma_dist=s.dist, P_mean=s.P_mean, P_std=s.P_std,
+                                   sigma_min=s.sigma_min, sigma_max=s.sigma_max)
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """Stage 1: fine-tune a teacher copy on the frozen initial generator's samples."""
+
+    k1: int = 400                     # K1: fine-tuning iterations (steps)
+    n_nodes: int = 4                  # N: path nodes after the teacher (count)
+    spacing: Literal["iterations", "distance"] = "distance"  # where the nodes go
+    candidates: int = 40              # snapshots considered by spacing = distance (count)
+    probe_size: int = 256             # probe batch for denoiser distances (samples)
+    lr: float = 1.0e-3                # Adam learning rate (per step)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    batch_size: int = 64              # generator samples per step (count)
+    P_mean: float = -1.2              # mean of ln(sigma) for the DSM loss
+    P_std: float = 1.2                # std of ln(sigma) for the DSM loss
+    seed: int = 0                     # integer RNG seed
+    device: Device = "auto"           # auto | cpu | cuda
+    bf16: bool = False                # bf16 autocast on CUDA
+    log_every: int = 100              # status line interval (steps; 0 = never)
+    record_every: int = 1             # history row interval (steps)
+
+    def __post_init__(self):
+        _at_least(self, 1, "n_nodes", "candidates", "probe_size", "batch_size", "record_every")
+        _at_least(self, 0, "log_every")
+        if self.k1 < self.n_nodes:
+            raise ConfigError(f"k1 (K1, degradation iterations) must be >= n_nodes = {self.n_nodes}, got {self.k1}")
+        _positive(self, "lr", "P_std")
+        _device(self)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set shared by every stage; which keys matter depends on ``source``."""
+
+    source: Literal["gmm2d", "digits", "image_folder", "torchvision"] = "digits"  # where the data come from
+    conditional: bool = False         # feed one-hot class labels to every network
+    layout: Literal["ring", "grid", "custom"] = "ring"  # gmm2d: arrangement of the modes
+    num_modes: int = 8                # gmm2d ring: modes (count)
+    radius: float = 1.0               # gmm2d ring: radius (data units)
+    std: float = 0.05                 # gmm2d: per-axis standard deviation of each mode (data units)
+    size: int = 5                     # gmm2d grid: modes per side (count)
+    spacing: float = 0.5              # gmm2d grid: distance between neighbouring modes (data units)
+    means: tuple[tuple[float, float], ...] | None = None  # gmm2d custom: mode centres (data units)
+    path: str | None = None           # image_folder: folder of images (sub-folders become labels)
+    resolution: int | None = None     # image_folder / torchvision: side length (pixels)
+    channels: int = 3                 # image_folder: 1 or 3
+    name: Literal["mnist", "fashion_mnist", "cifar10"] | None = None  # torchvision: which set
+    root: str | None = None           # torchvision: local folder holding the set
+    download: bool = False            # torchvision: fetch from the network (never in tests or default runs)
+
+    def __post_init__(self):
+        _at_least(self, 1, "num_modes", "size")
+        _positive(self, "std", "spacing", "radius")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Teacher pre-training with the EDM DSM loss."""
+
+    steps: int = 3000                 # optimiser steps (count)
+    batch_size: int = 128             # samples per step (count)
+    lr: float = 1.0e-3                # peak Adam learning rate (per step)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # decay over `steps`
+    warmup_steps: int = 100           # linear learning-rate warm-up (steps)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    ema_decay: float = 0.999          # EMA decay per step (fraction); the EMA weights are the teacher
+    P_mean: float = -1.2              # mean of ln(sigma) for the DSM loss
+    P_std: float = 1.2                # std of ln(sigma) for the DSM loss
+    grad_clip: float | None = 1.0     # max gradient norm (None = no clipping)
+    log_every: int = 250              # status line / MLflow flush interval (steps; 0 = never)
+
+    def __post_init__(self):
+        _at_least(self, 0, "steps", "warmup_steps", "log_every")
+        _at_least(self, 1, "batch_size")
+        _positive(self, "lr", "P_std")
+        _fraction(self, "ema_decay")
+        if self.grad_clip is not None:
+            _positive(self, "grad_clip")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """EDM's Heun sampler for the teacher."""
+
+    nfe: int = 35                     # network evaluations per sample (odd: 2 * steps - 1)
+    sigma_min: float = 0.002          # smallest noise level (data units)
+    sigma_max: float = 80.0           # largest noise level (data units)
+    rho: float = 7.0                  # schedule curvature (dimensionless)
+    num_samples: int = 256            # samples drawn for the teacher's report (count)
+    seed: int = 0                     # latent seed for the report's samples
+
+    def __post_init__(self):
+        if self.nfe < 1 or self.nfe % 2 == 0:
+            raise ConfigError(f"nfe must be a positive odd integer (2 * steps - 1), got {self.nfe!r}")
+        _positive(self, "sigma_min", "rho")
+        _at_least(self, 1, "num_samples")
+        if not self.sigma_max > self.sigma_min:
+            raise ConfigError(f"sigma_max must be > sigma_min, got {self.sigma_max} <= {self.sigma_min}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher: pre-trained here, or loaded from a file."""
+
+    mode: Literal["pretrain", "load"] = "pretrain"  # pretrain | load
+    checkpoint_path: str | None = None  # our checkpoint (.pt) or an EDM snapshot (.pkl) when mode = load
+    seed: int = 0                     # RNG seed for initialisation, batches and noise
+    device: Device = "auto"           # auto | cpu | cuda
+    bf16: bool = False                # bf16 autocast on CUDA
+    network: dict = field(default_factory=dict)  # architecture (backbone and its arguments; checked when built)
+    training: TrainingConfig = field(default_factory=TrainingConfig)  # pre-training (mode = pretrain)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)     # Heun sampler
+
+    def __post_init__(self):
+        _device(self)
+        if self.mode == "load" and not self.checkpoint_path:
+            raise ConfigError("checkpoint_path must be set when mode is 'load' (a .pt of ours or an EDM .pkl)")
+        if self.mode == "pretrain" and "backbone" not in self.network:
+            raise ConfigError("network.backbone must be set when mode is 'pretrain' (unet | mlp | songunet | "
+                              "dhariwalunet)")
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """The offline classifier behind extractor = domain."""
+
+    steps: int = 1500                 # training steps (count)
+    batch_size: int = 128             # images per step (count)
+    lr: float = 2.0e-3                # Adam learning rate (per step)
+    seed: int = 0                     # RNG seed (also fixes the 80/20 train/test split)
+
+    def __post_init__(self):
+        _at_least(self, 1, "steps", "batch_size")
+        _positive(self, "lr")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Quality of teacher and student, reference statistics and proxy metrics during training."""
+
+    extractor: Literal["domain", "inception"] = "domain"  # image features (2-D data need none)
+    inception_path: str | None = None  # inception-2015-12-05.pt (or its folder) when extractor = inception
+    inception_mode: Literal["clean", "legacy_tensorflow"] = "clean"  # clean-fid's mode
+    domain: DomainConfig = field(default_factory=DomainConfig)  # the offline classifier
+    reference_samples: int = 0        # real samples for the reference statistics (count; 0 = the whole set)
+    n_samples: int = 2000             # samples per model for the final metrics (count)
+    batch_size: int = 2000            # samples per sampling batch, teacher and student alike (count)
+    device: Device = "auto"           # where the final samples are drawn
+    proxy_samples: int = 500          # samples per proxy evaluation during distillation (count)
+    grid_samples: int = 64            # images per sample grid (count)
+    seed: int = 0                     # latent seed shared by every evaluation
+
+    def __post_init__(self):
+        _at_least(self, 0, "reference_samples")
+        _at_least(self, 1, "n_samples", "batch_size", "proxy_samples", "grid_samples")
+        _device(self)
+
+
+STAGES = {"data": DataConfig, "teacher": TeacherConfig, "degradation": DegradationConfig,
+          "backtracking": DistillConfig, "evaluation": EvaluationConfig}
+
+
+def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """Build every stage's configuration present in ``params`` (fails on the first bad key or value).
+
+    ``compare`` holds per-arm overrides of ``backtracking``; each arm is checked merged into it.
+    Returns the built configurations by stage name.
+    """
+    built = {name: from_dict(cls, params[name], name) for name, cls in STAGES.items() if name in params}
+    for arm, overrides in (params.get("compare") or {}).items():
+        from_dict(DistillConfig, {**params.get("backtracking", {}), **(overrides or {})}, f"compare.{arm}")
+    return built
+
+
+def soft_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base`` key by key, recursively (Kedro's ``soft`` merge of an environment
+    over conf/base); lists and other values are replaced whole."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = soft_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
