@@ -34,18 +34,18 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from disback_pipeline.diffusion.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, from_dict, soft_merge  # noqa: E402
-from disback_pipeline.diffusion.convergence import first_reaching  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.disback import distill, record_degradation  # noqa: E402
-from disback_pipeline.diffusion.evaluation import (  # noqa: E402
+from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
+from disback_pipeline.evaluation.convergence import first_reaching  # noqa: E402
+from disback_pipeline.evaluation.features import train_domain_classifier  # noqa: E402
+from disback_pipeline.evaluation.quality import (  # noqa: E402
     FeatureSpec,
     quality,
     reference_statistics,
     sample_generator,
     sample_teacher,
 )
-from disback_pipeline.diffusion.features import train_domain_classifier  # noqa: E402
-from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
 
 log = logging.getLogger("benchmarks.convergence")
 

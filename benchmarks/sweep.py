@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import convergence  # noqa: E402
 
-from disback_pipeline.diffusion.convergence import first_reaching  # noqa: E402
+from disback_pipeline.evaluation.convergence import first_reaching  # noqa: E402
 
 BOTH, DISBACK = ("baseline", "disback"), ("disback",)
 

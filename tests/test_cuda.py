@@ -5,16 +5,16 @@ import torch
 
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint
-from disback_pipeline.diffusion.config import DegradationConfig
+from disback_pipeline.diffusion.config import DegradationConfig, SamplerConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.disback import distill, record_degradation
-from disback_pipeline.diffusion.evaluation import FeatureSpec, quality, sample_generator, sample_teacher
+from disback_pipeline.evaluation.quality import FeatureSpec, quality, sample_generator, sample_teacher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 TINY = {"backbone": "mlp", "dim": 2, "width": 32, "num_blocks": 1, "emb_dim": 8}
 SRC = GaussianMixture2D.ring(4, 1.0, 0.1)
-SAMPLER = {"nfe": 5, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+SAMPLER = SamplerConfig(nfe=5)
 
 
 def _teacher():

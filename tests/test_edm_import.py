@@ -13,9 +13,8 @@ import torch
 
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from disback_pipeline.diffusion.edm_import import UnsafePickleError, config_from_edm_kwargs, read_snapshot
+from disback_pipeline.diffusion.edm_import import UnsafePickleError, config_from_edm_kwargs, parity_error, read_snapshot
 from disback_pipeline.import_edm import main as import_main
-from disback_pipeline.import_edm import parity_error
 
 from .conftest import ProjectCopy  # noqa: F401  (the `project` fixture lives in conftest)
 
@@ -23,7 +22,8 @@ from .conftest import ProjectCopy  # noqa: F401  (the `project` fixture lives in
 FIXTURES = Path(os.environ.get("DISBACK_EDM_FIXTURES",
                                Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "edm_parity"))
 NAMES = ["songunet_ddpmpp_cond", "songunet_ncsnpp_uncond", "dhariwalunet_adm_cond"]
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/edm_parity not found")
+# only the tests that read the parity fixtures skip without them; the hostile-pickle tests need none
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared/fixtures/edm_parity not found")
 
 
 def _fixture_net(name):
@@ -33,6 +33,7 @@ def _fixture_net(name):
     return net, state
 
 
+@needs_fixtures
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_loads_strictly_and_matches(name):
     net, state = _fixture_net(name)
@@ -43,6 +44,7 @@ def test_fixture_loads_strictly_and_matches(name):
     assert parity_error(net, FIXTURES / f"{name}.io.pt") <= 1e-4
 
 
+@needs_fixtures
 def test_renamed_edm_key_fails_loudly():
     net, state = _fixture_net("songunet_ddpmpp_cond")
     state["model.enc.16x16_conv.w"] = state.pop("model.enc.16x16_conv.weight")
@@ -50,6 +52,7 @@ def test_renamed_edm_key_fails_loudly():
         load_state_strict(net, state, "renamed")
 
 
+@needs_fixtures
 def test_snapshot_reads_without_executing_source():
     kwargs, state = read_snapshot(FIXTURES / "songunet_ddpmpp_cond.snapshot.pkl")
     ref = torch.load(FIXTURES / "songunet_ddpmpp_cond.state_dict.pt", weights_only=True)
@@ -57,6 +60,7 @@ def test_snapshot_reads_without_executing_source():
     assert list(state) == list(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
 
 
+@needs_fixtures
 def test_cli_converts_and_checks(tmp_path, caplog):
     caplog.set_level("INFO")
     out = tmp_path / "teacher.pt"
@@ -145,6 +149,7 @@ def test_not_a_snapshot(tmp_path):
         config_from_edm_kwargs({"model_type": "VPPrecondNet", "img_resolution": 8, "img_channels": 3})
 
 
+@needs_fixtures
 @pytest.mark.slow
 def test_converted_fixture_teacher_runs_through_distill(project, tmp_path):
     from PIL import Image

@@ -8,8 +8,8 @@ from kedro.config import OmegaConfigLoader
 
 from disback_pipeline.diffusion.config import soft_merge, validate_parameters
 from disback_pipeline.pipelines.reference.nodes import build_feature_extractor
-from disback_pipeline.settings import CONFIG_LOADER_ARGS
 from disback_pipeline.pipelines.teacher.nodes import train_or_load_teacher
+from disback_pipeline.settings import CONFIG_LOADER_ARGS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ENVS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("base", "local"))

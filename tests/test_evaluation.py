@@ -5,11 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from disback_pipeline.diffusion.convergence import speedup_report
+from disback_pipeline.diffusion.config import SamplerConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_digits_source
-from disback_pipeline.diffusion.evaluation import FeatureSpec, fid_against, quality, reference_statistics
-from disback_pipeline.diffusion.features import inception_extractor, train_domain_classifier
-from disback_pipeline.diffusion.metrics import exact_kl, gmm_metrics, knn_log_density
+from disback_pipeline.evaluation.convergence import speedup_report
+from disback_pipeline.evaluation.features import inception_extractor, train_domain_classifier
+from disback_pipeline.evaluation.metrics import exact_kl, gmm_metrics, knn_log_density
+from disback_pipeline.evaluation.quality import FeatureSpec, fid_against, quality, reference_statistics
 
 RING = GaussianMixture2D.ring(8, 1.0, 0.05)
 
@@ -90,12 +91,12 @@ def test_speedup_report():
 
 def test_batched_sampling_gives_the_same_samples_as_one_batch():
     from disback_pipeline.diffusion.backbones import build_network
-    from disback_pipeline.diffusion.evaluation import sample_generator, sample_teacher
+    from disback_pipeline.evaluation.quality import sample_generator, sample_teacher
 
     torch.manual_seed(0)
     net = build_network({"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8}).eval()
     src = GaussianMixture2D.ring(4, 1.0, 0.1, conditional=True)
-    sampler = {"nfe": 5, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+    sampler = SamplerConfig(nfe=5)
     whole, tps = sample_teacher(net, src, 100, 3, sampler)
     chunked, _ = sample_teacher(net, src, 100, 3, sampler, batch_size=32)  # 32, 32, 32, 4
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
@@ -107,10 +108,12 @@ def test_batched_sampling_gives_the_same_samples_as_one_batch():
     assert not torch.allclose(other, whole)
 
 
-@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "64"])
-def test_evaluation_batch_size_must_be_a_positive_integer(bad):
-    from disback_pipeline.pipelines.evaluation.nodes import _positive_int
+@pytest.mark.parametrize("bad, message", [(0, "must be >= 1, got 0"), (-5, "must be >= 1, got -5"),
+                                          (2.5, "must be an integer, got 2.5"), (True, "must be an integer, got True"),
+                                          ("64", "must be an integer, got '64'")])
+def test_evaluation_batch_size_must_be_a_positive_integer(bad, message):
+    from disback_pipeline.diffusion.config import ConfigError, EvaluationConfig, from_dict
 
-    with pytest.raises(ValueError, match="evaluation.batch_size must be a positive integer"):
-        _positive_int(bad, "evaluation.batch_size")
-    assert _positive_int(64, "evaluation.batch_size") == 64
+    with pytest.raises(ConfigError, match=f"evaluation.batch_size {message}"):
+        from_dict(EvaluationConfig, {"batch_size": bad}, "evaluation")
+    assert from_dict(EvaluationConfig, {"batch_size": 64}, "evaluation").batch_size == 64

@@ -46,7 +46,7 @@ def test_teacher_load_mode(tmp_path):
     assert torch.equal(ckpt.net.backbone.out.weight, net.backbone.out.weight) and hist.empty
     with pytest.raises(CheckpointError, match="does not exist"):
         train_or_load_teacher({}, {"mode": "load", "checkpoint_path": str(tmp_path / "missing.pt")})
-    with pytest.raises(ValueError, match="checkpoint_path is not set"):
+    with pytest.raises(ValueError, match="teacher.checkpoint_path must be set when mode is 'load'"):
         train_or_load_teacher({}, {"mode": "load"})
-    with pytest.raises(ValueError, match="teacher.mode must be one of"):
+    with pytest.raises(ValueError, match="teacher.mode must be one of pretrain | load, got 'finetune'"):
         train_or_load_teacher({}, {"mode": "finetune"})

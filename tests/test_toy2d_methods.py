@@ -9,9 +9,9 @@ import yaml
 from disback_pipeline.diffusion.config import DegradationConfig
 from disback_pipeline.diffusion.data import make_data_source
 from disback_pipeline.diffusion.disback import distill, record_degradation
-from disback_pipeline.diffusion.evaluation import sample_generator
-from disback_pipeline.diffusion.metrics import mean_nll, mode_stats
 from disback_pipeline.diffusion.teacher import pretrain_teacher
+from disback_pipeline.evaluation.metrics import mean_nll, mode_stats
+from disback_pipeline.evaluation.quality import sample_generator
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "toy2d"
 

@@ -8,7 +8,8 @@ from disback_pipeline.diffusion.teacher import network_config_for, pretrain_teac
 from disback_pipeline.diffusion.training import EMA, select_device
 
 NET = {"backbone": "mlp", "width": 32, "num_blocks": 1, "emb_dim": 16}
-TRAIN = {"steps": 15, "batch_size": 32, "lr": 1e-3, "ema_decay": 0.9, "log_every": 5}
+TRAIN = {"steps": 15, "batch_size": 32, "lr": 1e-3, "ema_decay": 0.9, "log_every": 5, "lr_schedule": "constant",
+         "warmup_steps": 0, "grad_clip": None}
 
 
 def test_same_seed_gives_bit_identical_weights():

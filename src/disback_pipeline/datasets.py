@@ -20,9 +20,9 @@ from .diffusion.checkpoint import (
     load_state_strict,
     save_checkpoint,
 )
-from .diffusion.evaluation import FeatureSpec
-from .diffusion.features import DomainClassifier
 from .diffusion.path import DegradationPath, load_path, save_path
+from .evaluation.features import DomainClassifier
+from .evaluation.quality import FeatureSpec
 
 
 class _LocalFileDataset(AbstractDataset):

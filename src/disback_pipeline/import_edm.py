@@ -11,40 +11,15 @@ pickle that names a global outside the allow-list exits 2 with that global's nam
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
-from pathlib import Path
 
-import torch
-
-from .diffusion.backbones import build_network
-from .diffusion.checkpoint import Checkpoint, load_state_strict, save_checkpoint
-from .diffusion.edm_import import UnsafePickleError, config_from_edm_kwargs, read_snapshot
+from .diffusion.checkpoint import save_checkpoint
+from .diffusion.edm_import import UnsafePickleError, load_edm_snapshot, parity_error
 
 log = logging.getLogger("disback_pipeline.import_edm")
 
 TOLERANCE = 1e-4
-
-
-def load_edm_snapshot(path: str | Path, network: str = "ema") -> Checkpoint:
-    """Our network, built from the snapshot's constructor arguments, with its weights loaded strictly."""
-    kwargs, state = read_snapshot(path, network)
-    config = config_from_edm_kwargs(kwargs)
-    net = build_network(config)
-    load_state_strict(net, state, f"{path} ({network})")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    meta = {"role": "teacher", "source": "edm-snapshot", "source_file": Path(path).name, "source_sha256": digest,
-            "network": network, "edm_init_kwargs": {k: v for k, v in kwargs.items()
-                                                    if isinstance(v, (int, float, str, bool, list))}}
-    return Checkpoint(net.eval(), config, meta)
-
-
-@torch.no_grad()
-def parity_error(net: torch.nn.Module, io_file: str | Path) -> float:
-    io = torch.load(io_file, map_location="cpu", weights_only=True)
-    out = net.eval()(io["x"], io["sigma"], io.get("class_labels"))
-    return float((out - io["denoised"]).abs().max())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,15 @@ import numpy as np
 import torch
 
 
-def _figure(figsize):
+def _figure(figsize, ncols: int = 1):
+    """A headless figure with ``ncols`` axes side by side: (fig, ax) for one, (fig, axes) for several."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize)
+    fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False)
+    return fig, axes[0, 0] if ncols == 1 else axes[0]
 
 
 def image_grid(images: torch.Tensor, ncols: int | None = None) -> np.ndarray:
@@ -49,14 +51,9 @@ def samples_figure(samples: torch.Tensor, title: str, reference: torch.Tensor | 
 
 def switch_grid_figure(snapshots: list[tuple[int, str, torch.Tensor]], title: str):
     """One panel per change of target: the EMA generator's samples at that moment."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = max(1, len(snapshots))
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
-    for ax, (iteration, target, x) in zip(axes[0], snapshots):
+    fig, axes = _figure((2.6 * n, 2.8), n)
+    for ax, (iteration, target, x) in zip([axes] if n == 1 else axes, snapshots):
         if x.ndim == 2:
             ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
             ax.set_xlim(-1.6, 1.6)
@@ -97,10 +94,5 @@ def curves_figure(curves: dict, metric: str, x: str = "iteration", title: str = 
 
 
 def two_panel_figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, _ = plt.subplots(1, 2, figsize=(12, 4))
-    return fig
+    """An empty figure with two axes side by side (``fig.axes[0]``, ``fig.axes[1]``)."""
+    return _figure((12, 4), 2)[0]

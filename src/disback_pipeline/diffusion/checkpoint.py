@@ -108,10 +108,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{path}: {exc}") from exc
     load_state_strict(net, payload["state_dict"], str(path))
     return Checkpoint(net.to(device).eval(), dict(payload["network"]), dict(payload["metadata"]))
-
-
-def load_weights_into(net: torch.nn.Module, path: str | Path) -> dict:
-    """Load a checkpoint's weights strictly into an existing network; returns its metadata."""
-    payload = read_payload(path)
-    load_state_strict(net, payload["state_dict"], str(path))
-    return dict(payload["metadata"])

@@ -26,63 +26,75 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _convert_union(value: Any, tp, where: str):
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, arg, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0])
+
+
+def _convert_literal(value: Any, tp, where: str):
+    choices = typing.get_args(tp)
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {' | '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def _convert_tuple(value: Any, tp, where: str):
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{where} must have {len(args)} entries, got {list(value)!r}")
+    return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _convert_dict(value: Any, tp, where: str):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+# scalar type -> (accepts the value?, how the error names the type, conversion)
+_SCALARS = {
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", int),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    str: (lambda v: isinstance(v, str), "a string", str),
+}
+
+
 def _convert(value: Any, tp, where: str):
     """``value`` as type ``tp`` or a ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
+        return _convert_union(value, tp, where)
     if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where} must be one of {' | '.join(map(str, choices))}, got {value!r}")
-        return value
+        return _convert_literal(value, tp, where)
+    if origin is tuple:
+        return _convert_tuple(value, tp, where)
+    if origin is dict or tp is dict:
+        return _convert_dict(value, tp, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping of {_type_name(tp)} fields, got {value!r}")
         return from_dict(tp, value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {list(value)!r}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {tp!r}")  # pragma: no cover - a bug in a config class
+    if tp in _SCALARS:
+        ok, name, cast = _SCALARS[tp]
+        if not ok(value):
+            raise ConfigError(f"{where} must be {name}, got {value!r}")
+        return cast(value)
+    raise ConfigError(f"{where}: unsupported field type {tp!r}")  # a bug in a config class, not in the YAML
 
 
 def from_dict(cls, data: dict[str, Any] | None, where: str = ""):

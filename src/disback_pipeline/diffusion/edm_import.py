@@ -8,11 +8,14 @@ and the object's ``__dict__``. We never run that source: a restricted
 unpickler maps the persistence call and the torch/numpy rebuild helpers to
 inert stand-ins, refuses every other global, and the state_dict and
 constructor arguments are read from the recorded ``__dict__``s.
+:func:`load_edm_snapshot` turns a snapshot into our checkpoint (used by the
+teacher stage); ``python -m disback_pipeline.import_edm`` is the command.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import pickle
 from pathlib import Path
@@ -20,6 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .backbones import build_network
+from .checkpoint import Checkpoint, load_state_strict
 
 PRECOND_KEYS = {"img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max",
                 "sigma_data", "model_type"}
@@ -152,3 +158,23 @@ def _collect(obj_state: dict, prefix: str, out: dict) -> None:
         if child_state is None:
             raise UnsafePickleError(f"unexpected module object {type(child).__name__} at {prefix + name}")
         _collect(child_state, f"{prefix}{name}.", out)
+
+
+def load_edm_snapshot(path: str | Path, network: str = "ema") -> Checkpoint:
+    """Our network, built from the snapshot's constructor arguments, with its weights loaded strictly."""
+    kwargs, state = read_snapshot(path, network)
+    config = config_from_edm_kwargs(kwargs)
+    net = build_network(config)
+    load_state_strict(net, state, f"{path} ({network})")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    meta = {"role": "teacher", "source": "edm-snapshot", "source_file": Path(path).name, "source_sha256": digest,
+            "network": network, "edm_init_kwargs": {k: v for k, v in kwargs.items()
+                                                    if isinstance(v, (int, float, str, bool, list))}}
+    return Checkpoint(net.eval(), config, meta)
+
+
+@torch.no_grad()
+def parity_error(net: torch.nn.Module, io_file: str | Path) -> float:
+    io = torch.load(io_file, map_location="cpu", weights_only=True)
+    out = net.eval()(io["x"], io["sigma"], io.get("class_labels"))
+    return float((out - io["denoised"]).abs().max())

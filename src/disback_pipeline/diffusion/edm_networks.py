@@ -104,7 +104,7 @@ class UNetBlock(nn.Module):
         num_heads / channels_per_head: attention heads (explicit, or out_channels / channels_per_head).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,  # noqa: PLR0913 - network constructor with EDM's arguments
                  down: bool = False, attention: bool = False, num_heads: int | None = None,
                  channels_per_head: int = 64, dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5,
                  resample_filter=(1, 1), resample_proj: bool = False, adaptive_scale: bool = True):
@@ -191,7 +191,7 @@ class SongUNet(nn.Module):
     """DDPM++ (positional embedding, standard encoder, [1,1] resampling) and NCSN++ (Fourier
     embedding, residual encoder, [1,3,3,1] resampling) UNets, selected by their arguments."""
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
+    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,  # noqa: PLR0913 - network constructor with EDM's arguments
                  augment_dim: int = 0, model_channels: int = 128, channel_mult=(1, 2, 2, 2),
                  channel_mult_emb: int = 4, num_blocks: int = 4, attn_resolutions=(16,), dropout: float = 0.10,
                  label_dropout: float = 0.0, embedding_type: str = "positional", channel_mult_noise: int = 1,
@@ -252,7 +252,7 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3)
 
-    def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
+    def forward(self, x, noise_labels, class_labels=None, augment_labels=None):  # noqa: PLR0912 - EDM's encoder/decoder walk, kept as EDM wrote it
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape)  # [sin, cos] order
         if self.map_label is not None and class_labels is not None:
@@ -295,7 +295,7 @@ class SongUNet(nn.Module):
 class DhariwalUNet(nn.Module):
     """The ADM UNet (Dhariwal & Nichol) as used by EDM for ImageNet 64."""
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
+    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,  # noqa: PLR0913 - network constructor with EDM's arguments
                  augment_dim: int = 0, model_channels: int = 192, channel_mult=(1, 2, 3, 4),
                  channel_mult_emb: int = 4, num_blocks: int = 3, attn_resolutions=(32, 16, 8),
                  dropout: float = 0.10, label_dropout: float = 0.0):

@@ -61,9 +61,3 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         f_x = self.net(c_in.reshape(view) * x, c_noise, class_labels)
         return c_skip.reshape(view) * x + c_out.reshape(view) * f_x.to(torch.float32)
-
-    def score(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
-        """Score of the noised density: (D(x, s) - x) / s^2."""
-        sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
-        view = (-1,) + (1,) * (x.ndim - 1)
-        return (self(x, sigma, class_labels) - x) / sigma_t.reshape(view) ** 2

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .backbones import build_network
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import TrainingConfig, from_dict
 from .data import DataSource
-from .losses import EDMLoss
 from .training import StepCallback, seed_everything, select_device, train_dsm
 
 BACKBONES = ("mlp", "unet", "songunet", "dhariwalunet")
@@ -48,29 +48,28 @@ def network_config_for(source: DataSource, network: dict[str, Any]) -> dict[str,
     return cfg
 
 
-def pretrain_teacher(source: DataSource, network: dict[str, Any], training: dict[str, Any],
+def pretrain_teacher(source: DataSource, network: dict[str, Any], training: TrainingConfig | dict[str, Any],
                      seed: int, device: str = "auto", bf16: bool = False,
                      on_step: StepCallback | None = None) -> tuple[Checkpoint, list[dict]]:
-    """Train a teacher from scratch; returns its EMA checkpoint and the loss history.
-
-    ``training`` keys: steps, batch_size, lr, ema_decay, optional betas,
-    P_mean, P_std, grad_clip, lr_schedule, warmup_steps, log_every.
-    """
+    """Train a teacher from scratch; returns its EMA checkpoint and the loss history."""
+    cfg = training if isinstance(training, TrainingConfig) else from_dict(TrainingConfig, training, "teacher.training")
     dev = select_device(device)
     seed_everything(seed)
     config = network_config_for(source, network)
     net = build_network(config)
-    loss_fn = EDMLoss(training.get("P_mean", -1.2), training.get("P_std", 1.2), net.sigma_data)
-    ema_net, history = train_dsm(
-        net, source.sample, int(training["steps"]), int(training["batch_size"]), float(training["lr"]),
-        ema_decay=float(training.get("ema_decay", 0.999)), loss_fn=loss_fn,
-        betas=training.get("betas", (0.9, 0.999)), grad_clip=training.get("grad_clip"),
-        log_every=int(training.get("log_every", 100)), lr_schedule=training.get("lr_schedule", "constant"),
-        warmup_steps=int(training.get("warmup_steps", 0)), device=dev, bf16=bf16, desc="teacher",
-        on_step=on_step,
-    )
-    meta = {"role": "teacher", "step": int(training["steps"]), "dataset": source.name, "seed": int(seed)}
+    ema_net, history = train_dsm(net, source.sample, cfg, device=dev, bf16=bf16, desc="teacher", on_step=on_step)
+    meta = {"role": "teacher", "step": cfg.steps, "dataset": source.name, "seed": int(seed)}
     return Checkpoint(ema_net.cpu(), config, meta), history
+
+
+def load_teacher(path: str) -> Checkpoint:
+    """A teacher from a file: one of our checkpoints (.pt), or an EDM snapshot (.pkl) read without executing
+    its code."""
+    if str(path).endswith(".pkl"):
+        from .edm_import import load_edm_snapshot
+
+        return load_edm_snapshot(path)
+    return load_checkpoint(path)
 
 
 def check_teacher_fits(config: dict[str, Any], source: DataSource, where: str = "teacher") -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .config import TrainingConfig
 from .losses import EDMLoss
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,7 @@ class StatusLine:
         log.info("%s %d/%d | %.4f s/step | %s", self.desc, step, self.total, per_step, fields)
 
 
-def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int, batch_size: int,
-              lr: float, ema_decay: float = 0.999, loss_fn: EDMLoss | None = None,
-              betas=(0.9, 0.999), grad_clip: float | None = None, log_every: int = 100,
-              lr_schedule: str = "constant", warmup_steps: int = 0,
+def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: TrainingConfig,
               device: torch.device | str = "cpu", bf16: bool = False, desc: str = "dsm",
               on_step: StepCallback | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``net`` with the EDM DSM loss on batches from ``batches(n) -> (x0, labels)``.
@@ -146,25 +144,25 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], steps: int,
     Returns the EMA network and a history of per-step records
     ``{step, loss, wall_clock_s}``. ``on_step(step, record)`` is called after
     every step (e.g. to log metrics); a status line is logged every
-    ``log_every`` steps.
+    ``cfg.log_every`` steps.
     """
     device = torch.device(device)
-    if steps < 0 or batch_size < 1:
-        raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
-    loss_fn = loss_fn or EDMLoss()
+    steps = cfg.steps
+    loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, net.sigma_data)
     net.to(device).train()
-    ema = EMA(net, ema_decay)
-    opt = make_adam(net.parameters(), lr, betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(lr_schedule, steps, warmup_steps))
+    ema = EMA(net, cfg.ema_decay)
+    opt = make_adam(net.parameters(), cfg.lr, cfg.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.lr_schedule, steps, cfg.warmup_steps))
     history: list[dict] = []
-    status = StatusLine(desc, steps, log_every)
+    status = StatusLine(desc, steps, cfg.log_every)
     start = time.perf_counter()
     with progress(steps, desc) as bar:
         for step in range(1, steps + 1):
-            x0, labels = batches(batch_size)
+            x0, labels = batches(cfg.batch_size)
             x0 = x0.to(device)
             labels = None if labels is None else labels.to(device)
-            loss = train_step(opt, mean_loss, loss_fn, net, x0, labels, device=device, bf16=bf16, grad_clip=grad_clip)
+            loss = train_step(opt, mean_loss, loss_fn, net, x0, labels, device=device, bf16=bf16,
+                              grad_clip=cfg.grad_clip)
             sched.step()
             ema.update(net)
             record = {"step": step, "loss": loss.item(), "wall_clock_s": time.perf_counter() - start}

@@ -9,12 +9,12 @@ import pandas as pd
 import torch
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import DistillConfig, from_dict
+from ...diffusion.config import DistillConfig, EvaluationConfig, from_dict
 from ...diffusion.data import make_data_source
 from ...diffusion.disback import distill
-from ...diffusion.evaluation import FeatureSpec, quality, sample_generator
 from ...diffusion.path import DegradationPath
 from ...diffusion.training import HISTORY_COLUMNS
+from ...evaluation.quality import FeatureSpec, quality, sample_generator
 from ...reporting import switch_grid_figure
 from ...tracking import MetricBuffer, log_dict, log_metrics, name_run
 
@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 LOGGED = ("loss_generator", "loss_fake_score", "score_mismatch")
 
 
-def _proxy_evaluator(source, feature_extractor: FeatureSpec, reference_stats: dict, evaluation: dict,
+def _proxy_evaluator(source, feature_extractor: FeatureSpec, reference_stats: dict, evaluation: EvaluationConfig,
                      s_init: float):
     """Quality of the EMA generator on a small fixed sample set, labelled proxy_*."""
-    n, seed = int(evaluation.get("proxy_samples", 500)), int(evaluation.get("seed", 0))
+    n, seed = evaluation.proxy_samples, evaluation.seed
 
     def evaluate(generator: torch.nn.Module) -> dict:
         x, _ = sample_generator(generator, source, n, seed, s_init)
@@ -36,11 +36,10 @@ def _proxy_evaluator(source, feature_extractor: FeatureSpec, reference_stats: di
     return evaluate
 
 
-def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath,
-                     degradation_history: pd.DataFrame, feature_extractor: FeatureSpec, reference_stats: dict,
-                     data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any],
-                     metric_prefix: str = "backtracking/"):
-    """Shared by ``backtracking`` and ``compare``: returns (result, history frame, switch figure)."""
+def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath, feature_extractor: FeatureSpec,
+                     reference_stats: dict, data: dict[str, Any], backtracking: dict[str, Any],
+                     evaluation: dict[str, Any], metric_prefix: str = "backtracking/"):
+    """Shared by ``backtracking`` and ``compare``: returns (result, stage-2 history rows, switch figure)."""
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     enabled = cfg.enabled
     if enabled and len(degradation_path.nodes) < 2:
@@ -50,7 +49,8 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
     s_init = cfg.s_init
     stage1 = float(degradation_path.metadata.get("stage1_seconds", 0.0)) if enabled else 0.0
     metrics = MetricBuffer(prefix=metric_prefix)
-    n_grid, seed = int(evaluation.get("grid_samples", 64)), int(evaluation.get("seed", 0))
+    ev = from_dict(EvaluationConfig, evaluation, "evaluation")
+    n_grid, seed = ev.grid_samples, ev.seed
     snapshots: list[tuple[int, str, torch.Tensor]] = []
 
     def on_switch(iteration, target, generator):
@@ -67,16 +67,20 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
 
     result = distill(teacher_model, source, degradation_path if enabled else None, cfg,
                      time_offset=stage1, on_record=on_record, on_switch=on_switch,
-                     evaluate=_proxy_evaluator(source, feature_extractor, reference_stats, evaluation, s_init))
+                     evaluate=_proxy_evaluator(source, feature_extractor, reference_stats, ev, s_init))
     metrics.flush()
     log_dict(switches, f"{metric_prefix}switches.json")
     log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
                 prefix=metric_prefix)
-    stage1_rows = degradation_history if enabled else degradation_history.iloc[0:0]
-    history = pd.concat([stage1_rows, pd.DataFrame(result.history)], ignore_index=True)
-    history = history[HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]]
     title = f"{'DisBack' if enabled else 'baseline'}: EMA generator at each change of target"
-    return result, history, switch_grid_figure(snapshots, title)
+    return result, result.history, switch_grid_figure(snapshots, title)
+
+
+def join_history(degradation_history: pd.DataFrame, stage2_rows: list[dict], enabled: bool) -> pd.DataFrame:
+    """One table for the run: stage-1 rows first (DisBack only), then stage 2's, in HISTORY_COLUMNS order."""
+    stage1_rows = degradation_history if enabled else degradation_history.iloc[0:0]
+    history = pd.concat([stage1_rows, pd.DataFrame(stage2_rows)], ignore_index=True)
+    return history[HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]]
 
 
 def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath,
@@ -90,6 +94,6 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     """
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     name_run(f"{cfg.method}-{cfg.loss}-{data.get('source')}-seed{cfg.seed}")
-    result, history, figure = run_distillation(teacher_model, degradation_path, degradation_history,
-                                               feature_extractor, reference_stats, data, backtracking, evaluation)
-    return result.generator, result.generator_ema, history, figure
+    result, rows, figure = run_distillation(teacher_model, degradation_path, feature_extractor, reference_stats,
+                                            data, backtracking, evaluation)
+    return result.generator, result.generator_ema, join_history(degradation_history, rows, cfg.enabled), figure

@@ -10,12 +10,12 @@ from typing import Any
 import pandas as pd
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.convergence import speedup_report
 from ...diffusion.data import make_data_source
-from ...diffusion.evaluation import FeatureSpec, headline_metric
+from ...evaluation.convergence import speedup_report
+from ...evaluation.quality import FeatureSpec, headline_metric
 from ...reporting import plot_curves, two_panel_figure
 from ...tracking import active
-from ..backtracking.nodes import run_distillation
+from ..backtracking.nodes import join_history, run_distillation
 from ..degradation.nodes import record_degradation_path
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,9 @@ def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, refere
     name = f"{arm}-{settings['loss']}-{data['source']}-seed{settings['seed']}"
     with _nested_run(name, {**settings, "data": data.get("source")}):
         path, deg_history = record_degradation_path(teacher_model, data, degradation, settings)
-        result, history, fig = run_distillation(teacher_model, path, deg_history, feature_extractor,
-                                                reference_stats, data, settings, evaluation,
-                                                metric_prefix="compare/")
-    return result.generator_ema, history, fig
+        result, rows, fig = run_distillation(teacher_model, path, feature_extractor, reference_stats, data,
+                                             settings, evaluation, metric_prefix="compare/")
+    return result.generator_ema, join_history(deg_history, rows, settings["enabled"]), fig
 
 
 def convergence_report(baseline_history: pd.DataFrame, disback_history: pd.DataFrame, data: dict[str, Any]):

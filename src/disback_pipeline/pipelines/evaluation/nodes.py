@@ -8,20 +8,14 @@ from typing import Any
 import pandas as pd
 
 from ...diffusion.checkpoint import Checkpoint
+from ...diffusion.config import EvaluationConfig, TeacherConfig, from_dict
 from ...diffusion.data import make_data_source
-from ...diffusion.evaluation import FeatureSpec, headline_metric, quality, sample_generator, sample_teacher
 from ...diffusion.teacher import check_teacher_fits
-from ...diffusion.training import select_device
+from ...evaluation.quality import FeatureSpec, teacher_vs_student
 from ...reporting import curves_figure, samples_figure
 from ...tracking import log_metrics
 
 log = logging.getLogger(__name__)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (samples per batch), got {value!r}")
-    return value
 
 
 def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, feature_extractor: FeatureSpec,
@@ -34,45 +28,23 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     """
     source = make_data_source(data)
     check_teacher_fits(teacher_model.config, source)
-    n, seed = int(evaluation["n_samples"]), int(evaluation.get("seed", 0))
-    batch = _positive_int(evaluation.get("batch_size", n), "evaluation.batch_size")
-    device = select_device(evaluation.get("device", "auto"))
-    s_init = float(generator_ema_model.metadata["s_init"])
-    teacher_net, student_net = teacher_model.net.to(device), generator_ema_model.net.to(device)
-    # the same batch for both, so the throughput ratio compares like with like
-    x_teacher, tps_teacher = sample_teacher(teacher_net, source, n, seed, teacher["sampler"], batch_size=batch)
-    x_student, tps_student = sample_generator(student_net, source, n, seed, s_init, batch_size=batch)
-    x_init, _ = sample_generator(teacher_net, source, n, seed, s_init, batch_size=batch)
-    teacher_model.net.cpu()  # the checkpoints stay where they were loaded
-    generator_ema_model.net.cpu()
-    metrics = {
-        "teacher": {**quality(x_teacher, source, feature_extractor, reference_stats, seed),
-                    "samples_per_s": tps_teacher, "nfe": int(teacher["sampler"]["nfe"])},
-        "student": {**quality(x_student, source, feature_extractor, reference_stats, seed),
-                    "samples_per_s": tps_student, "nfe": 1, "weights": "ema",
-                    "method": generator_ema_model.metadata.get("method"),
-                    "iterations": generator_ema_model.metadata.get("step")},
-        "initial_generator": quality(x_init, source, feature_extractor, reference_stats, seed),
-        "seed": seed,
-        "headline_metric": headline_metric(source),
-    }
-    if feature_extractor.test_accuracy is not None:
-        metrics["extractor_test_accuracy"] = feature_extractor.test_accuracy
-    metrics["throughput_ratio"] = tps_student / tps_teacher
+    cfg = from_dict(EvaluationConfig, evaluation, "evaluation")
+    sampler = from_dict(TeacherConfig, teacher, "teacher").sampler
+    metrics, x = teacher_vs_student(teacher_model, generator_ema_model, source, feature_extractor, reference_stats,
+                                    cfg, sampler)
     head = metrics["headline_metric"]
     log.info("%s: teacher %.4g (%.0f samples/s) | student %.4g (%.0f samples/s) | initial generator %.4g",
-             head, metrics["teacher"][head], tps_teacher, metrics["student"][head], tps_student,
-             metrics["initial_generator"][head])
+             head, metrics["teacher"][head], metrics["teacher"]["samples_per_s"], metrics["student"][head],
+             metrics["student"]["samples_per_s"], metrics["initial_generator"][head])
     for role in ("teacher", "student", "initial_generator"):
         log_metrics({k: v for k, v in metrics[role].items() if isinstance(v, float)}, prefix=f"evaluation/{role}/")
-    ref = None
-    if x_teacher.ndim == 2:
-        ref = source.sample(min(n, 4096))[0]
-    k = 4096 if x_teacher.ndim == 2 else 64
-    figs = [samples_figure(x[:k], title, ref) for x, title in (
-        (x_teacher, f"teacher (Heun, NFE {teacher['sampler']['nfe']})"),
-        (x_init, f"initial generator (one step, s_init {s_init:g})"),
-        (x_student, f"student (one step, {metrics['student']['method']})"))]
+    ref = source.sample(min(cfg.n_samples, 4096))[0] if x["teacher"].ndim == 2 else None
+    k = 4096 if x["teacher"].ndim == 2 else 64
+    s_init = float(generator_ema_model.metadata["s_init"])
+    figs = [samples_figure(x[role][:k], title, ref) for role, title in (
+        ("teacher", f"teacher (Heun, NFE {sampler.nfe})"),
+        ("initial_generator", f"initial generator (one step, s_init {s_init:g})"),
+        ("student", f"student (one step, {metrics['student']['method']})"))]
     curve = curves_figure({metrics["student"]["method"] or "student": backtracking_history}, f"proxy_{head}",
                           title="proxy quality during distillation (EMA generator)")
     return (metrics, *figs, curve)

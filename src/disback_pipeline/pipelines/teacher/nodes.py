@@ -8,18 +8,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ...diffusion.checkpoint import Checkpoint, load_checkpoint
+from ...diffusion.checkpoint import Checkpoint
+from ...diffusion.config import TeacherConfig, from_dict
 from ...diffusion.data import GaussianMixture2D, make_data_source
-from ...diffusion.evaluation import sample_teacher
-from ...diffusion.metrics import mean_nll, mode_stats
-from ...diffusion.teacher import pretrain_teacher
+from ...diffusion.teacher import load_teacher, pretrain_teacher
+from ...evaluation.metrics import mean_nll, mode_stats
+from ...evaluation.quality import sample_teacher
 from ...reporting import samples_figure
 from ...tracking import MetricBuffer, log_metrics
 
 log = logging.getLogger(__name__)
-
-MODES = ("pretrain", "load")
-
 
 def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tuple[Checkpoint, pd.DataFrame]:
     """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``
@@ -28,29 +26,15 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tupl
     Returns:
         The teacher checkpoint and its per-step training history (empty when loaded).
     """
-    mode = teacher.get("mode")
-    if mode not in MODES:
-        raise ValueError(f"teacher.mode must be one of {MODES}, got {mode!r}")
-    if mode == "load":
-        path = teacher.get("checkpoint_path")
-        if not path:
-            raise ValueError("teacher.mode is 'load' but teacher.checkpoint_path is not set")
-        if str(path).endswith(".pkl"):
-            from ...import_edm import load_edm_snapshot  # the safe reader: executes nothing from the file
-
-            ckpt = load_edm_snapshot(path)
-        else:
-            ckpt = load_checkpoint(path)
+    cfg = from_dict(TeacherConfig, teacher, "teacher")
+    if cfg.mode == "load":
+        ckpt = load_teacher(cfg.checkpoint_path)
         shown = {k: v for k, v in ckpt.metadata.items() if k != "edm_init_kwargs"}
-        log.info("loaded teacher from %s (%s)", path, shown)
+        log.info("loaded teacher from %s (%s)", cfg.checkpoint_path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
-    source = make_data_source(data)
     metrics = MetricBuffer(prefix="teacher/")
-    ckpt, history = pretrain_teacher(
-        source, teacher["network"], teacher["training"], int(teacher["seed"]),
-        teacher.get("device", "auto"), bool(teacher.get("bf16", False)),
-        on_step=lambda step, rec: metrics.log(step, {"loss": rec["loss"]}),
-    )
+    ckpt, history = pretrain_teacher(make_data_source(data), cfg.network, cfg.training, cfg.seed, cfg.device,
+                                     cfg.bf16, on_step=lambda step, rec: metrics.log(step, {"loss": rec["loss"]}))
     metrics.flush()
     return ckpt, pd.DataFrame(history)
 
@@ -62,14 +46,12 @@ def report_teacher(teacher_model: Checkpoint, data: dict[str, Any], teacher: dic
     the teacher's samples and of true samples drawn with the same seed.
     """
     source = make_data_source(data)
-    cfg = teacher["sampler"]
-    n = int(cfg["num_samples"])
-    seed = int(cfg.get("seed", 0))
-    x, samples_per_s = sample_teacher(teacher_model.net, source, n, seed, cfg)
-    metrics: dict[str, Any] = {"nfe": int(cfg["nfe"]), "n_samples": n, "samples_per_s": samples_per_s}
+    cfg = from_dict(TeacherConfig, teacher, "teacher").sampler
+    x, samples_per_s = sample_teacher(teacher_model.net, source, cfg.num_samples, cfg.seed, cfg)
+    metrics: dict[str, Any] = {"nfe": cfg.nfe, "n_samples": cfg.num_samples, "samples_per_s": samples_per_s}
     reference = None
     if isinstance(source, GaussianMixture2D):
-        reference, _ = source.sample(n, torch.Generator().manual_seed(seed))
+        reference, _ = source.sample(cfg.num_samples, torch.Generator().manual_seed(cfg.seed))
         metrics["nll"] = mean_nll(source, x)
         metrics["nll_data"] = mean_nll(source, reference)
         metrics["nll_gap"] = metrics["nll"] - metrics["nll_data"]
@@ -77,6 +59,6 @@ def report_teacher(teacher_model: Checkpoint, data: dict[str, Any], teacher: dic
         log.info("teacher NLL %.4f vs data %.4f (gap %.4f nats)", metrics["nll"], metrics["nll_data"],
                  metrics["nll_gap"])
     log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)}, prefix="teacher/")
-    fig = samples_figure(x[:4096] if x.ndim == 2 else x[:64], f"teacher (Heun, NFE {cfg['nfe']})",
+    fig = samples_figure(x[:4096] if x.ndim == 2 else x[:64], f"teacher (Heun, NFE {cfg.nfe})",
                          None if reference is None else reference[:4096])
     return fig, metrics

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DataSource, GaussianMixture2D
+from ..diffusion.checkpoint import Checkpoint
+from ..diffusion.config import EvaluationConfig, SamplerConfig
+from ..diffusion.data import DataSource, GaussianMixture2D
+from ..diffusion.sampling import heun_sampler, latents, one_step_generate
+from ..diffusion.training import select_device
 from .features import DomainClassifier, domain_features, inception_extractor
 from .metrics import gmm_metrics
-from .sampling import heun_sampler, latents, one_step_generate
 
 
 @dataclass
@@ -66,7 +69,7 @@ def fid_against(reference: dict[str, Any], features: np.ndarray) -> float:
     return float(frechet_distance(mu, sigma, np.asarray(reference["mu"]), np.asarray(reference["sigma"])))
 
 
-def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: dict[str, Any],
+def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: SamplerConfig,
                    batch_size: int | None = None):
     """Heun samples (on the CPU) and samples/s, computed on the teacher's device in batches of ``batch_size``
     (None = all at once). The latents depend on ``seed`` only, not on the batching."""
@@ -77,8 +80,8 @@ def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: dict
     _sync(device)
     start = time.perf_counter()
     out = [heun_sampler(teacher, z[i:i + step], None if labels is None else labels[i:i + step],
-                        nfe=int(sampler["nfe"]), sigma_min=float(sampler["sigma_min"]),
-                        sigma_max=float(sampler["sigma_max"]), rho=float(sampler["rho"])).cpu()
+                        nfe=sampler.nfe, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max,
+                        rho=sampler.rho).cpu()
            for i in range(0, n, step)]
     _sync(device)
     return torch.cat(out), n / (time.perf_counter() - start)
@@ -130,3 +133,39 @@ HEADLINE = {"gmm2d": "reverse_kl", "images": "fid"}
 
 def headline_metric(source: DataSource) -> str:
     return HEADLINE["gmm2d" if isinstance(source, GaussianMixture2D) else "images"]
+
+
+def teacher_vs_student(teacher: Checkpoint, student: Checkpoint, source: DataSource, features: FeatureSpec,
+                       reference: dict[str, Any], cfg: EvaluationConfig, sampler: SamplerConfig):
+    """Teacher (Heun) and one-step student side by side on ``cfg.n_samples`` samples of the same seed.
+
+    Returns the metrics ({"teacher", "student", "initial_generator", ...}) and the three sample sets.
+    Both sample in batches of ``cfg.batch_size`` on ``cfg.device``, so the throughput ratio compares like
+    with like; the checkpoints are back on the CPU afterwards.
+    """
+    device = select_device(cfg.device)
+    s_init = float(student.metadata["s_init"])
+    teacher_net, student_net = teacher.net.to(device), student.net.to(device)
+    try:
+        x_teacher, tps_teacher = sample_teacher(teacher_net, source, cfg.n_samples, cfg.seed, sampler,
+                                                batch_size=cfg.batch_size)
+        x_student, tps_student = sample_generator(student_net, source, cfg.n_samples, cfg.seed, s_init,
+                                                  batch_size=cfg.batch_size)
+        x_init, _ = sample_generator(teacher_net, source, cfg.n_samples, cfg.seed, s_init, batch_size=cfg.batch_size)
+    finally:
+        teacher.net.cpu()
+        student.net.cpu()
+    metrics = {
+        "teacher": {**quality(x_teacher, source, features, reference, cfg.seed), "samples_per_s": tps_teacher,
+                    "nfe": sampler.nfe},
+        "student": {**quality(x_student, source, features, reference, cfg.seed), "samples_per_s": tps_student,
+                    "nfe": 1, "weights": "ema", "method": student.metadata.get("method"),
+                    "iterations": student.metadata.get("step")},
+        "initial_generator": quality(x_init, source, features, reference, cfg.seed),
+        "seed": cfg.seed,
+        "headline_metric": headline_metric(source),
+    }
+    if features.test_accuracy is not None:
+        metrics["extractor_test_accuracy"] = features.test_accuracy
+    metrics["throughput_ratio"] = tps_student / tps_teacher
+    return metrics, {"teacher": x_teacher, "student": x_student, "initial_generator": x_init}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import TensorImages
+from ..diffusion.data import TensorImages
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .data import GaussianMixture2D
+from ..diffusion.data import GaussianMixture2D
 
 
 def mean_nll(gmm: GaussianMixture2D, x: torch.Tensor) -> float:
