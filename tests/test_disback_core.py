@@ -10,7 +10,7 @@ from disback_pipeline.diffusion.config import ConfigError, DegradationConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_digits_source
 from disback_pipeline.diffusion.disback import distill, record_degradation
 from disback_pipeline.diffusion.losses import make_generator_loss
-from disback_pipeline.diffusion.path import load_path, save_path
+from disback_pipeline.diffusion.path import candidate_steps, load_path, pick_by_distance, save_path
 
 from .test_sampling import GaussianDenoiser
 
@@ -168,3 +168,54 @@ def test_evaluation_runs_on_its_own_interval_and_off_the_clock():
 def test_teacher_for_other_data_is_refused_clearly():
     with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*has shape \(1, 8, 8\).*run the teacher"):
         distill(_teacher(), load_digits_source(), None, CFG)
+
+
+def test_node_selection_on_given_distances():
+    """Equal drops of the distance to P_N: with N = 4 the levels are 75%, 50%, 25% of P_0's distance."""
+    steps = list(range(0, 11))
+    dist = {0: 1.0, 1: 0.9, 2: 0.8, 3: 0.74, 4: 0.6, 5: 0.52, 6: 0.45, 7: 0.3, 8: 0.26, 9: 0.1, 10: 0.0}
+    assert pick_by_distance(steps, dist, 4) == [0, 3, 5, 8, 10]
+    # a fast collapse: most of the drop in the first steps; the nodes crowd there but stay ordered and distinct
+    fast = {s: 0.0 if s else 1.0 for s in steps} | {1: 0.3, 2: 0.1}
+    assert pick_by_distance(steps, fast, 4) == [0, 1, 2, 3, 10]
+    # too few snapshots for the nodes asked for: each node still comes after the previous one
+    assert pick_by_distance([0, 5, 10], {0: 1.0, 5: 0.5, 10: 0.0}, 4) == [0, 5, 10]
+    assert candidate_steps(400, 4, "iterations", 40) == [0, 100, 200, 300, 400]
+    assert candidate_steps(400, 4, "distance", 8) == [0, 50, 100, 150, 200, 250, 300, 350, 400]
+
+
+def test_tampered_or_missing_node_stops_the_run_at_its_switch(tmp_path, caplog):
+    folder = _saved_path(tmp_path)  # nodes 000000, 000002, 000004 (K1 = 4, N = 2)
+    teacher = _teacher()
+    with open(folder / "step_000002.pt", "ab") as fh:  # the intermediate node, the target of iteration 1
+        fh.write(b"x")
+    with pytest.raises(CheckpointError, match=r"step_000002\.pt: sha256 differs from the manifest"):
+        distill(teacher, SRC, load_path(folder), CFG)
+    (folder / "step_000002.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"manifest lists step_000002\.pt but the file is missing"):
+        load_path(folder)
+
+
+def test_manifest_without_hash_is_refused(tmp_path):
+    import json
+
+    folder = _saved_path(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["nodes"][1]["sha256"] = None
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="node 000002 has no sha256"):
+        load_path(folder)
+
+
+def test_teacher_for_other_data_is_refused_in_stage_one_and_evaluation():
+    from disback_pipeline.evaluation.quality import FeatureSpec
+    from disback_pipeline.pipelines.evaluation.nodes import evaluate_models
+
+    digits = load_digits_source()
+    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*run the teacher"):
+        _record(_teacher(), digits, k1=4, n_nodes=2, lr=1e-2, batch_size=8, seed=0)
+    gen = _teacher()
+    gen.metadata["s_init"] = 2.5
+    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*run the teacher"):
+        evaluate_models(_teacher(), gen, FeatureSpec("none"), {}, None, {"source": "digits"},
+                        {"sampler": {"nfe": 3}}, {"n_samples": 8})

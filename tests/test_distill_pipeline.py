@@ -1,15 +1,21 @@
 """Pipeline slices with an in-memory catalog, and one KedroSession run of ``distill``."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from disback_pipeline.datasets import FeatureExtractorDataset, NpzDataset
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, load_checkpoint
+from disback_pipeline.diffusion.data import make_data_source
+from disback_pipeline.diffusion.disback import distill
 from disback_pipeline.diffusion.path import load_path
+from disback_pipeline.evaluation.quality import fid_against, reference_statistics, sample_generator
 from disback_pipeline.pipeline_registry import register_pipelines
 from disback_pipeline.pipelines.backtracking import create_pipeline as backtracking_pipeline
 from disback_pipeline.pipelines.degradation import create_pipeline as degradation_pipeline
@@ -55,11 +61,16 @@ def test_slice_with_backtracking():
     assert len(fig.axes) == 4  # three changes of target and the final state
 
 
-def test_slice_baseline_skips_stage_one():
+def test_slice_baseline_skips_stage_one_and_equals_distill_without_a_path():
     catalog = _run_slice(False)
-    assert catalog["generator_model"].load().metadata["method"] == "baseline"
+    generator = catalog["generator_model"].load()
+    assert generator.metadata["method"] == "baseline"
     hist = catalog["backtracking_history"].load()
     assert set(hist["stage"]) == {"backtracking"} and set(hist["target"]) == {"teacher"}
+    # the baseline is exactly `distill` with no path: proxy evaluation and sample grids change nothing
+    direct = distill(catalog["teacher_model"].load(), make_data_source(DATA), None, {**BACKTRACKING, "enabled": False})
+    for (k, a), b in zip(generator.net.state_dict().items(), direct.generator.net.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_registry_chains_distill():
@@ -103,10 +114,33 @@ def test_distill_session_run(project):
     hist = pd.read_csv(root / "08_reporting/backtracking_history.csv")
     assert hist[hist["stage"] == "backtracking"]["target"].tolist() == [order[1]] * 2 + ["teacher"] * 3
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    # the reference statistics on disk are the ones every FID was computed against
+    reference = NpzDataset(str(root / "05_model_input/reference_stats.npz")).load()
+    features = FeatureExtractorDataset(str(root / "06_models/feature_extractor.pt")).load()
+    source = make_data_source({"source": "digits"})
+    assert str(reference["hash"]) == str(reference_statistics(features.extract(source.images[:300]))["hash"])
     for role in ("teacher", "student"):
         m = metrics[role]
-        assert m["fid"] >= 0 and m["extractor"] == "domain" and m["n_samples"] == 40 and m["samples_per_s"] > 0
-        assert m["reference_hash"] == metrics["teacher"]["reference_hash"] and len(m["reference_hash"]) == 64
-    assert 0 <= metrics["extractor_test_accuracy"] <= 1
+        assert m["extractor"] == "domain" and m["n_samples"] == 40 and m["reference_hash"] == str(reference["hash"])
+    # the student's FID is what its saved EMA weights give on the evaluation seed, recomputed here
+    x, _ = sample_generator(gen.net, source, 40, 0, gen.metadata["s_init"], batch_size=40)
+    assert metrics["student"]["fid"] == pytest.approx(fid_against(reference, features.extract(x)), rel=1e-9)
+    assert metrics["throughput_ratio"] == pytest.approx(metrics["student"]["samples_per_s"]
+                                                        / metrics["teacher"]["samples_per_s"])
+    assert metrics["extractor_test_accuracy"] == pytest.approx(features.test_accuracy)
+    # what a user compares in the MLflow UI: each stage's losses per step, proxy quality at evaluation steps,
+    # the switches with their reasons, the parameters
+    steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
+             for key in ("degradation/dsm_loss", "backtracking/loss_fake_score", "backtracking/score_mismatch",
+                         "backtracking/proxy_fid", "backtracking/target_index")}
+    assert steps == {"degradation/dsm_loss": [1, 2, 3, 4], "backtracking/loss_fake_score": [1, 2, 3, 4, 5],
+                     "backtracking/score_mismatch": [1, 2, 3, 4, 5], "backtracking/proxy_fid": [5],
+                     "backtracking/target_index": [1, 3]}
+    switches = json.loads(Path(client.download_artifacts(run.info.run_id, "backtracking/switches.json",
+                                                         str(project.path))).read_text())
+    assert [(s["iteration"], s["target"], s["switch_reason"]) for s in switches] == \
+        [(1, order[1], "start"), (3, "teacher", "k2")]
+    assert run.data.params["backtracking.loss"] == "di" and run.data.params["degradation.k1"] == "4"
+    assert run.data.metrics["evaluation/student/fid"] == pytest.approx(metrics["student"]["fid"])
     for png in ("teacher_grid", "initial_generator_grid", "student_grid", "quality_curve", "switch_grids"):
         assert (root / f"08_reporting/{png}.png").stat().st_size > 1000

@@ -115,6 +115,14 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     assert (repo / "data/06_models/degradation_path/manifest.json").is_file()
     assert (repo / "data/08_reporting/convergence.json").is_file()
     assert "up to date" in _dvc(repo, "repro")
+    # a forced re-run of the teacher gives the same weights (DVC hash), so nothing downstream re-runs
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    forced = _dvc(repo, "repro", "--force", "--single-item", "teacher")
+    assert "Running stage 'teacher'" in forced
+    relock = yaml.safe_load((repo / "dvc.lock").read_text())
+    model = [o for o in lock["stages"]["teacher"]["outs"] if o["path"].endswith("teacher.pt")][0]
+    assert [o for o in relock["stages"]["teacher"]["outs"] if o["path"].endswith("teacher.pt")] == [model]
+    assert "up to date" in _dvc(repo, "repro")
     _set(repo, "evaluation", evaluation__n_samples=31)
     third = _dvc(repo, "repro")
     assert "Running stage 'evaluation'" in third

@@ -60,7 +60,7 @@ def pick_by_distance(steps: list[int], dist_final: dict[int, float], n_nodes: in
         level = total * (1 - i / n_nodes)
         pool = [s for s in steps if chosen[-1] < s < steps[-1]]
         remaining = n_nodes - i  # nodes still to place after this one, P_N included
-        pool = pool[: max(0, len(pool) - (remaining - 1))]
+        pool = pool[: max(1, len(pool) - (remaining - 1))]  # leave snapshots for the later nodes
         if not pool:
             break
         chosen.append(min(pool, key=lambda s: abs(dist_final[s] - level)))
@@ -173,7 +173,11 @@ def load_path(folder: str | Path) -> DegradationPath:
     for e in manifest["nodes"]:
         file = folder / e["file"]
         if not file.is_file():
-            raise CheckpointError(f"{folder}: manifest lists {e['file']} but the file is missing")
+            raise CheckpointError(f"{folder}: manifest lists {e['file']} but the file is missing; re-run the "
+                                  "degradation pipeline (or `dvc checkout`) to restore the path")
+        if not e.get("sha256"):
+            raise CheckpointError(f"{manifest_file}: node {e['key']} has no sha256, so its file cannot be checked; "
+                                  "re-run the degradation pipeline to write a complete manifest")
         nodes.append(PathNode(e["key"], int(e["step"]), e["distance_to_teacher"], e["distance_to_final"],
                               file=file, sha256=e["sha256"]))
     if [n.key for n in nodes] != manifest["order"]:
