@@ -79,10 +79,14 @@ def test_registry_chains_distill():
     configure_project("disback_pipeline")
     pipes = register_pipelines()
     names = [n.name for n in pipes["distill"].nodes]
-    assert names.index("train_or_load_teacher") < names.index("record_degradation_path") \
-        < names.index("distill_generator") < names.index("evaluate_models")
-    assert "build_reference_stats" in names
+    assert names.index("teacher.train_or_load_teacher") < names.index("degradation.record_degradation_path") \
+        < names.index("backtracking.distill_generator") < names.index("evaluation.evaluate_models")
+    assert "reference.build_reference_stats" in names
     assert pipes["__default__"].nodes == pipes["distill"].nodes
+    # each stage is a namespace (a group in Kedro-Viz) that keeps the catalog's dataset names
+    assert {n.namespace for n in pipes["distill"].nodes} == {"teacher", "reference", "degradation", "backtracking",
+                                                             "evaluation"}
+    assert {"teacher_model", "degradation_path", "generator_ema_model", "metrics"} <= pipes["distill"].datasets()
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -85,7 +86,12 @@ def test_kedro_viz_build_offline(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (repo / "build" / "index.html").is_file()
-    assert (repo / "build" / "api" / "main").is_file()
+    graph = json.loads((repo / "build" / "api" / "main").read_text())
+    # the stages show as collapsible groups, and every persisted dataset sits in its data layer
+    assert {"teacher", "reference", "degradation", "backtracking", "evaluation"} <= set(graph["modular_pipelines"])
+    layers = {n["name"]: n.get("layer") for n in graph["nodes"] if n["type"] == "data"}
+    assert layers["teacher_model"] == "models" and layers["reference_stats"] == "model_input"
+    assert layers["backtracking_history"] == "reporting" and layers["degradation_history"] == "model_output"
 
 
 def _dvc(repo: Path, *args: str) -> str:

@@ -12,4 +12,4 @@ def create_pipeline(**kwargs) -> Pipeline:
               "params:data", "params:backtracking", "params:evaluation"],
              ["generator_model", "generator_ema_model", "backtracking_history", "switch_grids_plot"],
              name="distill_generator"),
-    ])
+    ], namespace="backtracking", prefix_datasets_with_namespace=False, tags="backtracking")

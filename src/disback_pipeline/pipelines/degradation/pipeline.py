@@ -10,4 +10,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(record_degradation_path,
              ["teacher_model", "params:data", "params:degradation", "params:backtracking"],
              ["degradation_path", "degradation_history"], name="record_degradation_path"),
-    ])
+    ], namespace="degradation", prefix_datasets_with_namespace=False, tags="degradation")

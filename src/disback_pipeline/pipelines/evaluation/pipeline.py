@@ -12,4 +12,4 @@ def create_pipeline(**kwargs) -> Pipeline:
               "params:data", "params:teacher", "params:evaluation"],
              ["metrics", "teacher_grid_plot", "initial_generator_grid_plot", "student_grid_plot", "quality_curve_plot"],
              name="evaluate_models"),
-    ])
+    ], namespace="evaluation", prefix_datasets_with_namespace=False, tags="evaluation")

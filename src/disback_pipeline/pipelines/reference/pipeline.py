@@ -11,4 +11,4 @@ def create_pipeline(**kwargs) -> Pipeline:
              name="build_feature_extractor"),
         Node(build_reference_stats, ["feature_extractor", "params:data", "params:evaluation"], "reference_stats",
              name="build_reference_stats"),
-    ])
+    ], namespace="reference", prefix_datasets_with_namespace=False, tags="reference")

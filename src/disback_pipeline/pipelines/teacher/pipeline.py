@@ -11,4 +11,4 @@ def create_pipeline(**kwargs) -> Pipeline:
              ["teacher_model", "teacher_history"], name="train_or_load_teacher"),
         Node(report_teacher, ["teacher_model", "params:data", "params:teacher"],
              ["teacher_samples_plot", "teacher_metrics"], name="report_teacher"),
-    ])
+    ], namespace="teacher", prefix_datasets_with_namespace=False, tags="teacher")
