@@ -23,7 +23,7 @@ import torch
 from .checkpoint import Checkpoint
 from .config import DegradationConfig, DistillConfig, from_dict
 from .data import DataSource
-from .losses import EDMLoss, lognormal_sigma
+from .losses import AdversarialTerm, EDMLoss, lognormal_sigma
 from .path import DegradationPath, PathNode, Probe, candidate_steps, pick_by_distance, step_key
 from .sampling import one_step_generate
 from .schedule import TEACHER, Walk, reaches_teacher
@@ -150,9 +150,12 @@ class _Nets:
     ema: EMA
     opt_g: torch.optim.Optimizer
     opt_f: torch.optim.Optimizer
+    gan: AdversarialTerm | None = None  # the adversarial head on real data (gan_weight > 0)
+    opt_d: torch.optim.Optimizer | None = None
 
 
-def _build_nets(teacher: Checkpoint, path: DegradationPath | None, cfg: DistillConfig, dev) -> _Nets:
+def _build_nets(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig,
+                dev) -> _Nets:
     teacher_net = _frozen(teacher.net.to(dev))
     generator = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
     fake = copy.deepcopy(teacher.net).to(dev)
@@ -162,8 +165,13 @@ def _build_nets(teacher: Checkpoint, path: DegradationPath | None, cfg: DistillC
     fake.train().requires_grad_(True)
     scratch = _frozen(copy.deepcopy(teacher.net).to(dev))
     ema = EMA(generator, cfg.ema_decay)
-    return _Nets(teacher_net, generator, fake, scratch, ema, make_adam(generator.parameters(), cfg.lr_generator,
+    nets = _Nets(teacher_net, generator, fake, scratch, ema, make_adam(generator.parameters(), cfg.lr_generator,
                  cfg.betas), make_adam(fake.parameters(), cfg.lr_fake, cfg.betas))
+    if cfg.gan_weight > 0:
+        example, _ = source.sample(2)
+        nets.gan = AdversarialTerm(fake, example.to(dev), cfg.gan.hidden, cfg.gan.P_mean, cfg.gan.P_std)
+        nets.opt_d = make_adam(nets.gan.head.parameters(), cfg.gan.lr, cfg.betas)
+    return nets
 
 
 def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn.Module:
@@ -179,12 +187,25 @@ def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: Dist
     return train_step(nets.opt_f, mean_loss, loss_fn, nets.fake, x0.detach(), labels, device=dev, bf16=cfg.bf16)
 
 
+def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev) -> torch.Tensor:
+    """With gan_weight > 0: one step of the adversarial head, real data against detached generator samples."""
+    real, real_labels = source.sample(cfg.batch_size)
+    real, real_labels = real.to(dev), None if real_labels is None else real_labels.to(dev)
+    x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
+    return train_step(nets.opt_d, nets.gan.discriminator_loss, nets.fake, real, real_labels, x0, labels,
+                      device=dev, bf16=cfg.bf16)
+
+
 def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev):
-    """Step 2: one generator step on the score-distillation loss against ``target``; EMA follows."""
+    """Step 2: one generator step on the score-distillation loss against ``target`` (plus the adversarial
+    term at ``gan_weight``); EMA follows."""
     def compute():
         x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev, grad=True)
         out = loss_fn(x0, nets.fake, target, labels)
-        return out.loss.mean(), out
+        loss = out.loss.mean()
+        if nets.gan is not None:
+            loss = loss + cfg.gan_weight * nets.gan.generator_loss(nets.fake, x0, labels)
+        return loss, out
 
     loss, out = train_step(nets.opt_g, compute, device=dev, bf16=cfg.bf16)
     nets.ema.update(nets.generator)
@@ -215,7 +236,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     if path and cfg.switch == "fixed" and not reaches_teacher(walk.segments):
         log.warning("budget %d ends before the walk reaches the teacher (%d path nodes x K2=%d)",
                     cfg.budget, len(path.keys) - 1, cfg.k2)
-    nets = _build_nets(teacher, path, cfg, dev)
+    nets = _build_nets(teacher, source, path, cfg, dev)
     fake_loss = EDMLoss(cfg.fake_P_mean, cfg.fake_P_std, nets.fake.sigma_data)
     gen_loss = cfg.generator_loss()
     clock = _Clock(time_offset)
@@ -232,6 +253,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 if on_switch is not None:
                     on_switch(it, key, nets.ema.net)
             loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev).item() for _ in range(cfg.fake_steps))
+            if nets.gan is not None:
+                discriminator_step(nets, source, cfg, dev)
             loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev)
             bar.update(1)
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)

@@ -219,3 +219,80 @@ def make_generator_loss(kind: str, **kwargs):
     if kind not in GENERATOR_LOSSES:
         raise ValueError(f"unknown score-distillation loss {kind!r}; choose one of {sorted(GENERATOR_LOSSES)}")
     return GENERATOR_LOSSES[kind](**kwargs)
+
+
+def _feature_module(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output is the backbone's deepest encoder feature: the MLP's last block, the small
+    UNet's last middle block, or the last encoder block of an EDM UNet."""
+    backbone = getattr(denoiser, "net", denoiser)
+    if hasattr(backbone, "mid"):
+        return backbone.mid[-1]
+    if hasattr(backbone, "blocks"):
+        return backbone.blocks[-1]
+    if hasattr(backbone, "enc"):
+        return list(backbone.enc.values())[-1]
+    raise ValueError(f"no encoder feature known for backbone {type(backbone).__name__}; use gan_weight: 0")
+
+
+class AdversarialTerm:
+    """An adversarial term on real data (as in DMD2, arXiv 2405.14867, and SiDA, arXiv 2410.14919).
+
+    A small head on the fake score's deepest encoder feature tells noised real data from noised generator
+    samples (noise level sigma ~ LogNormal(P_mean, P_std), the same for both). The head is trained with the
+    logistic loss (:meth:`discriminator_loss`, fake score's weights untouched); the generator gets the
+    non-saturating loss softplus(-logit) through the fake score's input (:meth:`generator_loss`), to be
+    added to the distillation loss at a small weight.
+
+    Args:
+        fake: the fake-score denoiser whose features the head reads.
+        example: one batch of data, to size the head.
+        hidden: width of the head's hidden layer (units).
+        P_mean: mean of ln(sigma) at which both batches are noised.
+        P_std: standard deviation of ln(sigma).
+    """
+
+    def __init__(self, fake: torch.nn.Module, example: torch.Tensor, hidden: int = 64, P_mean: float = -1.2,
+                 P_std: float = 1.2):
+        self.P_mean, self.P_std = float(P_mean), float(P_std)
+        self._module = _feature_module(fake)
+        with torch.no_grad():
+            width = self._features(fake, example, torch.ones(len(example), device=example.device), None).shape[1]
+        self.head = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.SiLU(),
+                                        torch.nn.Linear(hidden, 1)).to(example.device)
+
+    def _features(self, fake, x, sigma, labels) -> torch.Tensor:
+        captured = []
+        handle = self._module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            fake(x, sigma, labels)
+        finally:
+            handle.remove()
+        h = captured[-1].float()
+        return h.mean(dim=(2, 3)) if h.ndim == 4 else h.reshape(h.shape[0], -1)
+
+    def _logits(self, fake, x, labels) -> torch.Tensor:
+        sigma = lognormal_sigma(x.shape[0], self.P_mean, self.P_std, x.device)
+        x_s = x + _per_sample(sigma, x) * torch.randn_like(x)
+        return self.head(self._features(fake, x_s, sigma, labels)).squeeze(1)
+
+    def discriminator_loss(self, fake, real, real_labels, generated, generated_labels) -> torch.Tensor:
+        """Logistic loss of the head: real -> 1, generated -> 0 (features without gradient)."""
+        with torch.no_grad():
+            sigma_r = lognormal_sigma(real.shape[0], self.P_mean, self.P_std, real.device)
+            f_real = self._features(fake, real + _per_sample(sigma_r, real) * torch.randn_like(real), sigma_r,
+                                    real_labels)
+            sigma_g = lognormal_sigma(generated.shape[0], self.P_mean, self.P_std, generated.device)
+            f_gen = self._features(fake, generated + _per_sample(sigma_g, generated) * torch.randn_like(generated),
+                                   sigma_g, generated_labels)
+        logits_real, logits_gen = self.head(f_real).squeeze(1), self.head(f_gen).squeeze(1)
+        return torch.nn.functional.softplus(-logits_real).mean() + torch.nn.functional.softplus(logits_gen).mean()
+
+    def generator_loss(self, fake, x0: torch.Tensor, labels=None) -> torch.Tensor:
+        """Non-saturating loss of generator samples ``x0`` (with gradient); the fake score is not updated."""
+        grads = [p.requires_grad for p in fake.parameters()]
+        fake.requires_grad_(False)
+        try:
+            return torch.nn.functional.softplus(-self._logits(fake, x0, labels)).mean()
+        finally:
+            for p, g in zip(fake.parameters(), grads):
+                p.requires_grad_(g)
