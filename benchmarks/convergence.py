@@ -33,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from disback_pipeline.diffusion.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, from_dict, soft_merge  # noqa: E402
+from disback_pipeline.diffusion.config import (  # noqa: E402
+    DegradationConfig,
+    DistillConfig,
+    SamplerConfig,
+    from_dict,
+    soft_merge,
+)
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.disback import distill, record_degradation  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
@@ -101,7 +107,7 @@ def setup(name: str, args) -> dict:
         reference = reference_statistics(features.extract(x))
         metric = "reverse_kl"
     n_eval = args.proxy_samples or int(p["evaluation"]["proxy_samples"])
-    x_t, tps_t = sample_teacher(teacher.net, source, n_eval, 0, p["teacher"]["sampler"])
+    x_t, tps_t = sample_teacher(teacher.net, source, n_eval, 0, from_dict(SamplerConfig, p["teacher"]["sampler"]))
     teacher_quality = quality(x_t, source, features, reference)[metric]
     return {"params": p, "source": source, "teacher": teacher, "teacher_s": teacher_s, "features": features,
             "reference": reference, "metric": metric, "n_eval": n_eval, "teacher_quality": teacher_quality,
@@ -120,12 +126,12 @@ def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dic
                 "record_every": 10 ** 9}
     if args.budget:
         settings["budget"] = args.budget
-    settings.update(overrides.get("backtracking", {}))
+    settings = soft_merge(settings, overrides.get("backtracking", {}))
     cfg = from_dict(DistillConfig, settings, "backtracking")
     path, stage1 = None, 0.0
     if enabled:
-        deg = from_dict(DegradationConfig, {**p["degradation"], **overrides.get("degradation", {}), "seed": seed,
-                                            "log_every": 0, "device": device}, "degradation")
+        deg = from_dict(DegradationConfig, {**soft_merge(p["degradation"], overrides.get("degradation", {})),
+                                            "seed": seed, "log_every": 0, "device": device}, "degradation")
         path, _ = record_degradation(ctx["teacher"], source, deg, cfg.s_init)
         stage1 = path.metadata["stage1_seconds"]
 
@@ -139,6 +145,22 @@ def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dic
     rows["stage1_s"] = stage1
     keep = ["iteration", "wall_clock_s", "target", "switch_reason", "score_mismatch", "quality", "stage1_s"]
     return rows[keep + [k for k in extra_metrics if k in rows]]
+
+
+def parse_set(items: list[str]) -> dict:
+    """``stage.key=value`` (YAML value) -> {"backtracking": {...}, "degradation": {...}}."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        stage, _, name = key.partition(".")
+        if stage not in ("backtracking", "degradation") or not name or not eq:
+            raise SystemExit(f"--set needs backtracking.KEY=VALUE or degradation.KEY=VALUE, got {item!r}")
+        node = out.setdefault(stage, {})
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
 
 
 def arm_summary(mean_curve: pd.DataFrame, finals: pd.Series, target: float, ref_it: float, ref_wc: float) -> dict:
@@ -203,6 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
     ap.add_argument("--teacher-cache", default="", help="folder to keep/reuse each data set's trained teacher")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--set", action="append", default=[], help="stage.key=value on top of conf for every run")
     ap.add_argument("--arms", default="baseline,disback,disback_n1",
                     help="comma-separated: baseline, disback, disback_n1 (ablation: fake score from P_N, N = 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
@@ -231,7 +254,7 @@ def main(argv=None) -> int:
                 for arm in arms:
                     t = time.perf_counter()
                     enabled, overrides = ARMS[arm]
-                    rows = run_one(ctx, loss, seed, enabled, args, overrides)
+                    rows = run_one(ctx, loss, seed, enabled, args, soft_merge(parse_set(args.set), overrides))
                     rows.insert(0, "dataset", name)
                     rows.insert(1, "loss", loss)
                     rows.insert(2, "method", arm)

@@ -31,33 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convergence import run_one, setup  # noqa: E402
+from convergence import parse_set, run_one, setup  # noqa: E402
 
 log = logging.getLogger("benchmarks.longrun")
 
 METHODS = {"baseline": (False, {}), "fixed": (True, {"switch": "fixed"}), "adaptive": (True, {"switch": "adaptive"})}
 LEVELS = (5.0, 2.0, 1.5)  # multiples of the teacher's quality
 EXTRA = ("off_mode_mass", "mode_std")
-
-
-def parse_set(items: list[str]) -> dict:
-    """``stage.key=value`` (YAML value) -> {"backtracking": {...}, "degradation": {...}}."""
-    out: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        stage, _, name = key.partition(".")
-        if stage not in ("backtracking", "degradation") or not name or not _:
-            raise SystemExit(f"--set needs backtracking.KEY=VALUE or degradation.KEY=VALUE, got {item!r}")
-        node = out.setdefault(stage, {})
-        *parents, leaf = name.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def recipe_name(items: list[str]) -> str:

@@ -47,12 +47,17 @@ def test_spread_picks_first_and_last_evaluation():
     assert convergence._spread([100, 200]) == [100, 200]
 
 
+# small stage-1 and batch settings: the scripts' plumbing is under test here, not the method
+SMALL = ["--set", "degradation.k1=12", "--set", "degradation.candidates=6", "--set", "degradation.probe_size=64",
+         "--set", "degradation.batch_size=32", "--set", "backtracking.batch_size=32"]
+
+
 @pytest.mark.slow
 def test_convergence_script_writes_every_arm(tmp_path):
     out = tmp_path / "bench"
     assert convergence.main(["--datasets", "ring", "--losses", "di", "--seeds", "1", "--budget", "20",
                              "--eval-every", "10", "--teacher-steps", "20", "--proxy-samples", "200",
-                             "--teacher-cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+                             "--teacher-cache", str(tmp_path / "cache"), "--out", str(out), *SMALL]) == 0
     res = json.loads((out / "results.json").read_text())["ring"]["di"]
     assert set(res["arms"]) == {"baseline", "disback", "disback_n1"}
     assert res["metric"] == "reverse_kl" and res["throughput_ratio"] > 1
@@ -64,3 +69,48 @@ def test_convergence_script_writes_every_arm(tmp_path):
     assert (curves[curves.method == "baseline"]["stage1_s"] == 0).all()
     report = (out / "RESULTS.md").read_text()
     assert "Ablation" in report and "disback_n1" in report and "Score mismatch" in report
+
+
+def test_longrun_parts_resume_and_merge(tmp_path):
+    import longrun
+
+    common = ["--datasets", "ring", "--losses", "di,sid", "--methods", "baseline,adaptive", "--seeds", "1",
+              "--budget", "20", "--eval-every", "10", "--teacher-steps", "20", "--proxy-samples", "200",
+              "--teacher-cache", str(tmp_path / "cache"), *SMALL]
+    for k in (1, 2):
+        assert longrun.main([*common, "--part", f"{k}/2", "--out", str(tmp_path / f"p{k}")]) == 0
+    first = pd.read_csv(tmp_path / "p1" / "curves.csv")
+    assert set(map(tuple, first[["loss", "method"]].drop_duplicates().to_numpy())) == {("di", "baseline"),
+                                                                                     ("sid", "baseline")}
+    # a re-run of a finished part runs nothing again
+    assert longrun.main([*common, "--part", "1/2", "--out", str(tmp_path / "p1")]) == 0
+    assert len(pd.read_csv(tmp_path / "p1" / "curves.csv")) == len(first)
+    assert longrun.main(["--merge", f"{tmp_path / 'p1'},{tmp_path / 'p2'}", "--out", str(tmp_path / "m")]) == 0
+    rows = json.loads((tmp_path / "m" / "longrun.json").read_text())
+    assert {(r["loss"], r["method"]) for r in rows} == {("di", "baseline"), ("di", "adaptive"), ("sid", "baseline"),
+                                                        ("sid", "adaptive")}
+    for r in rows:
+        assert r["seeds"] == 1 and r["iterations"] == 20 and r["teacher_quality"] > 0
+        assert {"final_quality_mean", "final_quality_std", "iterations_to_1.5x", "wallclock_to_1.5x",
+                "final_off_mode_mass"} <= set(r)
+        assert 0 <= r["final_off_mode_mass"] <= 1  # (mode_std appears once some samples sit near a mode)
+    assert (tmp_path / "m" / "longrun.png").stat().st_size > 1000
+
+
+def test_longrun_summary_levels_and_flatness():
+    import longrun
+
+    curves = pd.concat([_curve("default", m, s, q) for m, qs in
+                        (("baseline", [(2.0, 1.0, 0.5, 0.45), (2.2, 1.2, 0.6, 0.55)]),
+                         ("fixed", [(1.0, 0.4, 0.3, 0.3), (1.0, 0.5, 0.3, 0.3)])) for s, q in enumerate(qs)])
+    curves = curves.rename(columns={"config": "recipe"})
+    rows = {r["method"]: r for r in longrun.summarise(curves, {"ring": {"metric": "reverse_kl",
+                                                                        "teacher_quality": 0.2, "batch_size": 10}})}
+    base, fixed = rows["baseline"], rows["fixed"]
+    # mean curves: baseline 2.1, 1.1, 0.55, 0.5; fixed 1.0, 0.45, 0.3, 0.3 (teacher 0.2: 5x = 1.0, 2x = 0.4, 1.5x = 0.3)
+    assert base["iterations_to_5x"] == 300 and base["iterations_to_2x"] is None
+    assert fixed["iterations_to_5x"] == 100 and fixed["iterations_to_2x"] == 300 and fixed["iterations_to_1.5x"] == 300
+    assert fixed["images_to_2x"] == 3000 and fixed["seeds_reaching_2x"] == 2 and base["seeds_reaching_5x"] == 2
+    assert base["final_quality_mean"] == pytest.approx(0.5) and fixed["final_quality_std"] == 0.0
+    # flatness over the last quarter: baseline (0.55 - 0.5) / 0.5 = 0.1, fixed 0
+    assert base["flatness_last_quarter"] == pytest.approx(0.1) and fixed["flatness_last_quarter"] == 0.0
