@@ -6,18 +6,20 @@ import pytest
 import torch
 import yaml
 
-from disback_pipeline.diffusion.config import DegradationConfig
+from disback_pipeline.diffusion.config import DegradationConfig, soft_merge
 from disback_pipeline.diffusion.data import make_data_source
 from disback_pipeline.diffusion.disback import distill, record_degradation
 from disback_pipeline.diffusion.teacher import pretrain_teacher
 from disback_pipeline.evaluation.metrics import mean_nll, mode_stats
 from disback_pipeline.evaluation.quality import sample_generator
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "toy2d"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _conf(name):
-    return yaml.safe_load((CONF / f"parameters_{name}.yml").read_text())[name]
+    """The toy2d environment's ``name`` parameters: conf/toy2d soft-merged over conf/base, as Kedro does."""
+    base, env = (yaml.safe_load((CONF / d / f"parameters_{name}.yml").read_text()) for d in ("base", "toy2d"))
+    return soft_merge(base, env)[name]
 
 
 @pytest.fixture(scope="module")
