@@ -148,3 +148,33 @@ def test_distill_session_run(project):
     assert run.data.metrics["evaluation/student/fid"] == pytest.approx(metrics["student"]["fid"])
     for png in ("teacher_grid", "initial_generator_grid", "student_grid", "quality_curve", "switch_grids"):
         assert (root / f"08_reporting/{png}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_compare_session_nests_one_mlflow_run_per_method(project):
+    project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
+                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
+                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
+    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
+                 backtracking__batch_size=4, backtracking__eval_every=2)
+    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
+                 evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+    project.run("compare")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("disback_pipeline").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and set(children) == {"baseline-di-digits-seed0", "disback-di-digits-seed0"}
+    for name, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.params["enabled"] == str(name.startswith("disback"))
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "compare/proxy_fid")]
+        assert steps == [2, 4]
+    # stage 1 ran for the DisBack arm only; the report compares the two arms' histories
+    assert "compare/stage1_seconds" in children["disback-di-digits-seed0"].data.metrics
+    assert children["baseline-di-digits-seed0"].data.metrics["compare/stage1_seconds"] == 0.0
+    report = json.loads((project.path / "data/08_reporting/convergence.json").read_text())
+    assert report["metric"] == "proxy_fid" and set(report["final_quality"]) == {"baseline", "disback"}
