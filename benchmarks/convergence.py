@@ -41,7 +41,8 @@ from disback_pipeline.diffusion.config import (  # noqa: E402
     soft_merge,
 )
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
-from disback_pipeline.diffusion.disback import distill, record_degradation  # noqa: E402
+from disback_pipeline.diffusion.degradation import record_degradation  # noqa: E402
+from disback_pipeline.diffusion.disback import distill  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
 from disback_pipeline.evaluation.convergence import first_reaching  # noqa: E402
 from disback_pipeline.evaluation.features import train_domain_classifier  # noqa: E402

@@ -8,7 +8,8 @@ from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, CheckpointError
 from disback_pipeline.diffusion.config import ConfigError, DegradationConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_digits_source
-from disback_pipeline.diffusion.disback import distill, record_degradation
+from disback_pipeline.diffusion.degradation import record_degradation
+from disback_pipeline.diffusion.disback import distill
 from disback_pipeline.diffusion.losses import make_generator_loss
 from disback_pipeline.diffusion.path import candidate_steps, load_path, pick_by_distance, save_path
 

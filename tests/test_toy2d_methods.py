@@ -8,7 +8,8 @@ import yaml
 
 from disback_pipeline.diffusion.config import DegradationConfig, soft_merge
 from disback_pipeline.diffusion.data import make_data_source
-from disback_pipeline.diffusion.disback import distill, record_degradation
+from disback_pipeline.diffusion.degradation import record_degradation
+from disback_pipeline.diffusion.disback import distill
 from disback_pipeline.diffusion.teacher import pretrain_teacher
 from disback_pipeline.evaluation.metrics import mean_nll, mode_stats
 from disback_pipeline.evaluation.quality import sample_generator

@@ -1,9 +1,11 @@
-"""DisBack: degradation recording (stage 1) and distribution backtracking (stage 2).
+"""DisBack stage 2: distribution backtracking (score distillation of a one-step generator).
 
-Where things live: the losses (DSM; di, dmd, sid) in :mod:`.losses`, the
-one optimiser step and status line in :mod:`.training`, the switch schedule
-(fixed K2 or adaptive) in :mod:`.schedule`, the path and node selection in
-:mod:`.path`, the settings in :mod:`.config`. This file holds the two loops.
+Where things live: stage 1 in :mod:`.degradation`, the losses (DSM; di, dmd,
+sid; the adversarial term) in :mod:`.losses`, the one optimiser step and
+status line in :mod:`.training`, the switch schedule (fixed K2 or adaptive)
+in :mod:`.schedule`, the path and node selection in :mod:`.path`, the
+settings in :mod:`.config`. Each generator iteration is the two steps of the
+method: :func:`fake_score_step` (r times) and :func:`generator_step`.
 
 The baseline (Diff-Instruct / DMD / SiD without regression or GAN terms) is
 the same loop with no path: the fake score starts from the teacher and the
@@ -21,115 +23,28 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import Checkpoint
-from .config import DegradationConfig, DistillConfig, from_dict
+from .config import DistillConfig, from_dict
 from .data import DataSource
-from .losses import AdversarialTerm, EDMLoss, lognormal_sigma
-from .path import DegradationPath, PathNode, Probe, candidate_steps, pick_by_distance, step_key
-from .sampling import one_step_generate
+from .losses import AdversarialTerm, EDMLoss
+from .path import DegradationPath
+from .sampling import draw_generator_batch
 from .schedule import TEACHER, Walk, reaches_teacher
 from .teacher import check_teacher_fits
-from .training import EMA, StatusLine, make_adam, mean_loss, progress, seed_everything, select_device, train_step
+from .training import (
+    EMA,
+    StatusLine,
+    frozen,
+    make_adam,
+    mean_loss,
+    progress,
+    seed_everything,
+    select_device,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
 RecordCallback = Callable[[dict], None]
-
-
-def _frozen(net: torch.nn.Module) -> torch.nn.Module:
-    return net.eval().requires_grad_(False)
-
-
-def draw_generator_batch(generator, source: DataSource, n: int, s_init: float, device, grad: bool = False):
-    """One-step samples x0 = G(z) and the labels they were generated with."""
-    z = torch.randn((n, *source.shape), device=device)
-    labels = source.random_labels(n)
-    labels = None if labels is None else labels.to(device)
-    with torch.set_grad_enabled(grad):
-        return one_step_generate(generator, z, s_init, labels), labels
-
-
-def make_probe(generator, source: DataSource, s_init: float, n: int, seed: int, device,
-               P_mean: float = -1.2, P_std: float = 1.2) -> Probe:
-    """A noised batch of the generator's samples, drawn from its own seed (the global RNG is restored)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    x0, labels = draw_generator_batch(generator, source, n, s_init, device)
-    sigma = lognormal_sigma(n, P_mean, P_std, device)
-    x = x0 + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * torch.randn_like(x0)
-    torch.random.set_rng_state(state)
-    return Probe(x, sigma, labels)
-
-
-def record_degradation(teacher: Checkpoint, source: DataSource, cfg: DegradationConfig, s_init: float,
-                       on_record: RecordCallback | None = None) -> tuple[DegradationPath, list[dict]]:
-    """Stage 1: fine-tune a teacher copy on samples of the frozen initial generator.
-
-    Returns the path P_0 (unmodified teacher) ... P_N (end of fine-tuning) and a
-    history of DSM losses. ``cfg.spacing`` = ``iterations`` places the nodes
-    evenly in steps; ``distance`` places them where the denoiser distance to
-    P_N has dropped by equal shares (among ``cfg.candidates`` snapshots).
-    """
-    check_teacher_fits(teacher.config, source)
-    dev = select_device(cfg.device)
-    seed_everything(cfg.seed)
-    start = time.perf_counter()
-    generator = _frozen(copy.deepcopy(teacher.net).to(dev))
-    snapshots, history = _fine_tune(teacher, generator, source, cfg, s_init, dev, start, on_record)
-    nodes = _choose_nodes(teacher, generator, source, cfg, s_init, dev, snapshots)
-    stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
-    meta = {"s_init": float(s_init), "k1": cfg.k1, "n_nodes": len(nodes) - 1, "spacing": cfg.spacing,
-            "seed": cfg.seed, "stage1_iterations": cfg.k1, "stage1_seconds": stage1_seconds, "dataset": source.name}
-    log.info("degradation path: %s", ", ".join(f"{n.key} (to teacher {n.distance_to_teacher:.4g}, "
-                                                f"to end {n.distance_to_final:.4g})" for n in nodes))
-    return DegradationPath(dict(teacher.config), nodes, meta), history
-
-
-def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, start, on_record):
-    """Stage 1's DSM steps on the generator's samples; returns the kept snapshots and the history."""
-    degraded = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
-    loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, degraded.sigma_data)
-    opt = make_adam(degraded.parameters(), cfg.lr, cfg.betas)
-    snap_steps = candidate_steps(cfg.k1, cfg.n_nodes, cfg.spacing, max(cfg.candidates, cfg.n_nodes))
-    snapshots = {0: _cpu_state(degraded)}
-    history: list[dict] = []
-    status = StatusLine("degradation", cfg.k1, cfg.log_every)
-    with progress(cfg.k1, "degradation") as bar:
-        for step in range(1, cfg.k1 + 1):
-            x0, labels = draw_generator_batch(generator, source, cfg.batch_size, s_init, dev)
-            loss = train_step(opt, mean_loss, loss_fn, degraded, x0, labels, device=dev, bf16=cfg.bf16)
-            if step in snap_steps:
-                snapshots[step] = _cpu_state(degraded)
-            if step % cfg.record_every == 0 or step == cfg.k1:
-                rec = {"iteration": step, "wall_clock_s": time.perf_counter() - start, "stage": "degradation",
-                       "target": "-", "switch_reason": "", "loss_generator": float("nan"),
-                       "loss_fake_score": loss.item(), "score_mismatch": float("nan")}
-                history.append(rec)
-                if on_record is not None:
-                    on_record(rec)
-            bar.update(1)
-            if status.due(step):
-                status(step, dsm_loss=loss.item())
-    return snapshots, history
-
-
-def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-
-
-def _choose_nodes(teacher, generator, source, cfg: DegradationConfig, s_init, dev, snapshots) -> list[PathNode]:
-    """Distances of every snapshot to the teacher and to P_N on a fixed probe, then the nodes."""
-    probe = make_probe(generator, source, s_init, cfg.probe_size, cfg.seed + 1, dev, cfg.P_mean, cfg.P_std)
-    scratch, final, teacher_net = (_frozen(copy.deepcopy(teacher.net).to(dev)) for _ in range(3))
-    final.load_state_dict(snapshots[cfg.k1])
-    dist_teacher, dist_final = {}, {}
-    for step, state in snapshots.items():
-        scratch.load_state_dict(state)
-        dist_teacher[step] = probe.distance(scratch, teacher_net)
-        dist_final[step] = probe.distance(scratch, final)
-    steps = sorted(snapshots)
-    chosen = steps if cfg.spacing == "iterations" else pick_by_distance(steps, dist_final, cfg.n_nodes)
-    width = max(6, len(str(cfg.k1)))
-    return [PathNode(step_key(s, width), s, dist_teacher[s], dist_final[s], state_dict=snapshots[s]) for s in chosen]
 
 
 @dataclass
@@ -156,14 +71,14 @@ class _Nets:
 
 def _build_nets(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig,
                 dev) -> _Nets:
-    teacher_net = _frozen(teacher.net.to(dev))
+    teacher_net = frozen(teacher.net.to(dev))
     generator = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
     fake = copy.deepcopy(teacher.net).to(dev)
     if path is not None:
         path.load_into(fake, path.keys[-1])
         log.info("fake score initialised from the end of the path (%s)", path.keys[-1])
     fake.train().requires_grad_(True)
-    scratch = _frozen(copy.deepcopy(teacher.net).to(dev))
+    scratch = frozen(copy.deepcopy(teacher.net).to(dev))
     ema = EMA(generator, cfg.ema_decay)
     nets = _Nets(teacher_net, generator, fake, scratch, ema, make_adam(generator.parameters(), cfg.lr_generator,
                  cfg.betas), make_adam(fake.parameters(), cfg.lr_fake, cfg.betas))
@@ -172,6 +87,14 @@ def _build_nets(teacher: Checkpoint, source: DataSource, path: DegradationPath |
         nets.gan = AdversarialTerm(fake, example.to(dev), cfg.gan.hidden, cfg.gan.P_mean, cfg.gan.P_std)
         nets.opt_d = make_adam(nets.gan.head.parameters(), cfg.gan.lr, cfg.betas)
     return nets
+
+
+def _walk(path: DegradationPath | None, cfg: DistillConfig) -> Walk:
+    walk = Walk(path.keys if path else [], cfg.switch, cfg.k2, cfg.budget, cfg.adaptive)
+    if path and cfg.switch == "fixed" and not reaches_teacher(walk.segments):
+        log.warning("budget %d ends before the walk reaches the teacher (%d path nodes x K2=%d)",
+                    cfg.budget, len(path.keys) - 1, cfg.k2)
+    return walk
 
 
 def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn.Module:
@@ -232,27 +155,25 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)
     path = path if path is not None and len(path.nodes) >= 2 else None
-    walk = Walk(path.keys if path else [], cfg.switch, cfg.k2, cfg.budget, cfg.adaptive)
-    if path and cfg.switch == "fixed" and not reaches_teacher(walk.segments):
-        log.warning("budget %d ends before the walk reaches the teacher (%d path nodes x K2=%d)",
-                    cfg.budget, len(path.keys) - 1, cfg.k2)
+    walk = _walk(path, cfg)
     nets = _build_nets(teacher, source, path, cfg, dev)
     fake_loss = EDMLoss(cfg.fake_P_mean, cfg.fake_P_std, nets.fake.sigma_data)
     gen_loss = cfg.generator_loss()
     clock = _Clock(time_offset)
     history: list[dict] = []
     status = StatusLine("backtracking" if path else "baseline", cfg.budget, cfg.log_every)
-    target, key, reason = nets.teacher, TEACHER, ""
+    target, key = nets.teacher, TEACHER
     with progress(cfg.budget, status.desc) as bar:
         for it in range(1, cfg.budget + 1):
             switch = walk.target_for(it)
             if switch is not None:
-                (key, reason), target = switch, _target_net(nets, path, switch[0])
+                key, target = switch[0], _target_net(nets, path, switch[0])
                 log.info("iteration %d: target is now %s (%s)", it, key if key == TEACHER else f"path node {key}",
-                         reason)
+                         switch[1])
                 if on_switch is not None:
                     on_switch(it, key, nets.ema.net)
-            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev).item() for _ in range(cfg.fake_steps))
+            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev).item()
+                         for _ in range(cfg.fake_steps)) / cfg.fake_steps
             if nets.gan is not None:
                 discriminator_step(nets, source, cfg, dev)
             loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev)
@@ -264,14 +185,13 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             walk.observe(mismatch)
             if record_due:
                 rec = {"iteration": it, "wall_clock_s": clock.now(), "stage": "backtracking", "target": key,
-                       "switch_reason": reason if switch is not None else "", "loss_generator": loss_g.item(),
-                       "loss_fake_score": loss_f / cfg.fake_steps, "score_mismatch": mismatch}
-                if eval_due:
-                    rec.update(clock.off_the_clock(evaluate, nets.ema.net))
+                       "switch_reason": switch[1] if switch is not None else "", "loss_generator": loss_g.item(),
+                       "loss_fake_score": loss_f, "score_mismatch": mismatch,
+                       **(clock.off_the_clock(evaluate, nets.ema.net) if eval_due else {})}
                 history.append(rec)
                 if on_record is not None:
                     on_record(rec)
-            status(it, target=key, loss_g=loss_g.item(), loss_fake=loss_f / cfg.fake_steps, mismatch=mismatch)
+            status(it, target=key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
     return _finish(teacher, source, cfg, nets, history, on_switch, "disback" if path else "baseline")
 
 
@@ -297,7 +217,7 @@ def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, history, on_switch
         on_switch(cfg.budget, "final", nets.ema.net)
     meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
             "method": method, "loss": cfg.loss}
-    gen_ckpt = Checkpoint(_frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
+    gen_ckpt = Checkpoint(frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
     ema_ckpt = Checkpoint(nets.ema.net.cpu(), dict(teacher.config), {**meta, "weights": "ema"})
     teacher.net.cpu()
     return DistillResult(gen_ckpt, ema_ckpt, history)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from .data import DataSource
 
 
 def steps_for_nfe(nfe: int) -> int:
@@ -57,3 +62,12 @@ def heun_sampler(net, noise: torch.Tensor, class_labels=None, nfe: int = 35,
 def one_step_generate(generator, z: torch.Tensor, s_init: float, class_labels=None) -> torch.Tensor:
     """One-step generator G(z) = D_G(s_init * z, s_init)."""
     return generator(z * s_init, s_init, class_labels)
+
+
+def draw_generator_batch(generator, source: DataSource, n: int, s_init: float, device, grad: bool = False):
+    """One-step samples x0 = G(z) and the labels they were generated with."""
+    z = torch.randn((n, *source.shape), device=device)
+    labels = source.random_labels(n)
+    labels = None if labels is None else labels.to(device)
+    with torch.set_grad_enabled(grad):
+        return one_step_generate(generator, z, s_init, labels), labels

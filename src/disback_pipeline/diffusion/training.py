@@ -37,6 +37,11 @@ def autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext()
 
 
+def frozen(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` in eval mode with no gradient for its weights (teacher, targets, the frozen generator)."""
+    return net.eval().requires_grad_(False)
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(int(seed))
 

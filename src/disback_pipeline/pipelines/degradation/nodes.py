@@ -10,7 +10,7 @@ import pandas as pd
 from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.config import DegradationConfig, DistillConfig, from_dict
 from ...diffusion.data import make_data_source
-from ...diffusion.disback import record_degradation
+from ...diffusion.degradation import record_degradation
 from ...diffusion.path import DegradationPath
 from ...diffusion.training import HISTORY_COLUMNS
 from ...tracking import MetricBuffer, log_metrics
