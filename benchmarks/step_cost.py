@@ -1,0 +1,111 @@
+"""Cost of one step of each stage in FLOPs and seconds, from an environment's settings.
+
+    python benchmarks/step_cost.py --env base --repeats 20 [--threads 1] [--out benchmarks/STEP_COST.md]
+
+FLOPs are counted by torch.utils.flop_counter (matrix products and convolutions, forward and
+backward); seconds are the median over ``--repeats`` timed steps after one warm-up. A machine's
+seconds per step follow from its sustained FLOP/s, so the FLOPs tell how a default will fare on
+a slower machine than the one that measured it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from convergence import env_params  # noqa: E402
+
+from disback_pipeline.diffusion.backbones import build_network  # noqa: E402
+from disback_pipeline.diffusion.config import DistillConfig, from_dict  # noqa: E402
+from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
+from disback_pipeline.diffusion.disback import _build_nets, fake_score_step, generator_step  # noqa: E402
+from disback_pipeline.diffusion.losses import EDMLoss  # noqa: E402
+from disback_pipeline.diffusion.teacher import network_config_for  # noqa: E402
+from disback_pipeline.diffusion.training import make_adam, mean_loss, train_step  # noqa: E402
+
+
+def measure(step, repeats: int) -> tuple[float, float]:
+    """(FLOPs of one call, median seconds over ``repeats`` calls after a warm-up)."""
+    step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return float(counter.get_total_flops()), statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env", default="base")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p = env_params(args.env)
+    source = make_data_source(p["data"])
+    teacher_net = build_network(network_config_for(source, p["teacher"]["network"]))
+    dev = torch.device("cpu")
+    rows = []
+
+    tb = int(p["teacher"]["training"]["batch_size"])
+    net = copy.deepcopy(teacher_net).train()
+    opt = make_adam(net.parameters(), 1e-4)
+    loss_fn = EDMLoss()
+    x, labels = source.sample(tb)
+    rows.append(("teacher DSM step", tb, *measure(lambda: train_step(opt, mean_loss, loss_fn, net, x, labels,
+                                                                      device=dev), args.repeats),
+                 int(p["teacher"]["training"]["steps"])))
+    db = int(p["degradation"]["batch_size"])
+    x1, l1 = source.sample(db)
+    rows.append(("stage-1 step", db, *measure(lambda: train_step(opt, mean_loss, loss_fn, net, x1, l1, device=dev),
+                                              args.repeats), int(p["degradation"]["k1"])))
+    from disback_pipeline.diffusion.checkpoint import Checkpoint
+
+    teacher = Checkpoint(teacher_net, {}, {})
+    for loss in ("di", "sid"):
+        cfg = from_dict(DistillConfig, {**p["backtracking"], "loss": loss, "device": "cpu"}, "backtracking")
+        nets = _build_nets(teacher, source, None, cfg, dev)
+        fake_loss, gen_loss = EDMLoss(), cfg.generator_loss()
+
+        def iteration(nets=nets, cfg=cfg, fake_loss=fake_loss, gen_loss=gen_loss):
+            for _ in range(cfg.fake_steps):
+                fake_score_step(nets, fake_loss, source, cfg, dev)
+            generator_step(nets, gen_loss, nets.teacher, source, cfg, dev)
+
+        rows.append((f"stage-2 iteration ({loss}, r = {cfg.fake_steps})", cfg.batch_size,
+                     *measure(iteration, args.repeats), cfg.budget))
+    lines = [f"Step cost, `--env {args.env}` ({p['data']['source']}, backbone "
+             f"{p['teacher']['network']['backbone']}): {platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} steps.", "",
+             "| step | batch | GFLOP per step | s per step (median) | steps in the default run | GFLOP in the run | "
+             "minutes here |", "|---|---|---|---|---|---|---|"]
+    for name, batch, flops, sec, n in rows:
+        lines.append(f"| {name} | {batch} | {flops / 1e9:.3g} | {sec:.4f} | {n} | {flops * n / 1e9:.4g} | "
+                     f"{sec * n / 60:.2f} |")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
