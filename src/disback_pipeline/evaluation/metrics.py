@@ -91,7 +91,7 @@ def exact_kl(gmm: GaussianMixture2D, samples: torch.Tensor, k: int = 5, seed: in
 
 def frechet_distance_of(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussian fits of two feature sets (clean-fid's formula)."""
-    from cleanfid.fid import frechet_distance
+    from .quality import frechet_distance
 
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)

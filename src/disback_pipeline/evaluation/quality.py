@@ -61,9 +61,35 @@ def reference_statistics(features: np.ndarray) -> dict[str, Any]:
     return {"mu": mu, "sigma": sigma, "n": np.array(len(features)), "hash": np.array(digest)}
 
 
-def fid_against(reference: dict[str, Any], features: np.ndarray) -> float:
-    from cleanfid.fid import frechet_distance
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance of two Gaussians: |mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2)).
 
+    clean-fid's function is used when it works. clean-fid 0.1.35 passes ``disp=False`` to
+    scipy.linalg.sqrtm, which scipy 1.18 removed; there the same formula is computed here, with the
+    matrix square root from scipy without that argument (its tiny imaginary part from rounding is
+    dropped; a non-finite root gets a small offset on the diagonals, as is usual for FID).
+    """
+    try:
+        from cleanfid.fid import frechet_distance as clean
+
+        return float(clean(mu1, sigma1, mu2, sigma2))
+    except TypeError as exc:
+        if "disp" not in str(exc):
+            raise
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    root = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(root).all():
+        offset = np.eye(sigma1.shape[0]) * 1e-6
+        root = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    root = np.real(root)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
+
+
+def fid_against(reference: dict[str, Any], features: np.ndarray) -> float:
     mu = features.mean(0)
     sigma = np.atleast_2d(np.cov(features, rowvar=False))
     return float(frechet_distance(mu, sigma, np.asarray(reference["mu"]), np.asarray(reference["sigma"])))
