@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,6 +17,7 @@ from disback_pipeline.diffusion.data import make_data_source
 from disback_pipeline.diffusion.disback import distill
 from disback_pipeline.diffusion.path import load_path
 from disback_pipeline.evaluation.quality import fid_against, reference_statistics, sample_generator
+from disback_pipeline.evaluation.samples import draw
 from disback_pipeline.pipeline_registry import register_pipelines
 from disback_pipeline.pipelines.backtracking import create_pipeline as backtracking_pipeline
 from disback_pipeline.pipelines.degradation import create_pipeline as degradation_pipeline
@@ -146,6 +148,23 @@ def test_distill_session_run(project):
         [(1, order[1], "start"), (3, "teacher", "k2")]
     assert run.data.params["backtracking.loss"] == "di" and run.data.params["degradation.k1"] == "4"
     assert run.data.metrics["evaluation/student/fid"] == pytest.approx(metrics["student"]["fid"])
+    assert run.data.metrics["headline/quality_ratio"] == pytest.approx(metrics["student"]["fid"]
+                                                                       / metrics["teacher"]["fid"])
+    assert run.data.metrics["headline/throughput_ratio"] == pytest.approx(metrics["throughput_ratio"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
+    # the student is a registered model whose predict draws the same samples as the generate command
+    registered = json.loads((root / "08_reporting/registered_model.json").read_text())
+    assert registered["name"] == "digits-disback-di" and registered["version"] == 1
+    version = client.get_model_version("digits-disback-di", "1")
+    assert version.tags["method"] == "disback" and version.tags["loss"] == "di"
+    assert float(version.tags["fid"]) == pytest.approx(metrics["student"]["fid"], rel=1e-5)
+    assert len(version.tags["teacher_sha256"]) == 64
+    model = mlflow.pyfunc.load_model("models:/digits-disback-di/1")
+    drawn = model.predict({"n": 3, "seed": 5})
+    assert drawn.shape == (3, 1, 8, 8)
+    (expected,) = draw(gen, [5, 6, 7])
+    np.testing.assert_array_equal(drawn, expected.numpy())
     for png in ("teacher_grid", "initial_generator_grid", "student_grid", "quality_curve", "switch_grids"):
         assert (root / f"08_reporting/{png}.png").stat().st_size > 1000
 

@@ -9,9 +9,9 @@ just what differs.
 
 from kedro.config import OmegaConfigLoader
 
-from disback_pipeline.hooks import ValidateParameters
+from disback_pipeline.hooks import MarkExperiment, ValidateParameters
 
-HOOKS = (ValidateParameters(),)
+HOOKS = (ValidateParameters(), MarkExperiment())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

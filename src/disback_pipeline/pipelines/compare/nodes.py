@@ -14,7 +14,7 @@ from ...diffusion.data import make_data_source
 from ...evaluation.convergence import speedup_report
 from ...evaluation.quality import FeatureSpec, headline_metric
 from ...reporting import plot_curves, two_panel_figure
-from ...tracking import active
+from ...tracking import active, log_metrics
 from ..backtracking.nodes import join_history, run_distillation
 from ..degradation.nodes import record_degradation_path
 
@@ -61,6 +61,8 @@ def convergence_report(baseline_history: pd.DataFrame, disback_history: pd.DataF
         for m, h in (("baseline", baseline_history), ("disback", disback_history))])
     log.info("convergence (%s, target %.4g): speed-up %.3gx in iterations, %.3gx in wall-clock (stage 1 counted)",
              metric, report["target_quality"], report["speedup_iterations"], report["speedup_wallclock"])
+    log_metrics({k: report[k] for k in ("speedup_iterations", "speedup_wallclock") if not math.isnan(report[k])},
+                prefix="headline/")
     curves = {"baseline": baseline_history, "disback": disback_history}
     fig = two_panel_figure()
     plot_curves(fig.axes[0], curves, metric, "iteration", "quality vs generator iteration")

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import EvaluationConfig, TeacherConfig, from_dict
+from ...diffusion.config import DistillConfig, EvaluationConfig, TeacherConfig, from_dict
 from ...diffusion.data import make_data_source
 from ...diffusion.teacher import check_teacher_fits
 from ...evaluation.quality import FeatureSpec, teacher_vs_student
@@ -38,6 +38,10 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
              metrics["student"]["samples_per_s"], metrics["initial_generator"][head])
     for role in ("teacher", "student", "initial_generator"):
         log_metrics({k: v for k, v in metrics[role].items() if isinstance(v, float)}, prefix=f"evaluation/{role}/")
+    # the run's headline figures under stable names: columns to sort and chart in the MLflow runs table
+    log_metrics({f"student_{head}": metrics["student"][head], f"teacher_{head}": metrics["teacher"][head],
+                 "quality_ratio": metrics["student"][head] / metrics["teacher"][head],
+                 "throughput_ratio": metrics["throughput_ratio"]}, prefix="headline/")
     ref = source.sample(min(cfg.n_samples, 4096))[0] if x["teacher"].ndim == 2 else None
     k = 4096 if x["teacher"].ndim == 2 else 64
     s_init = float(generator_ema_model.metadata["s_init"])
@@ -48,3 +52,44 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     curve = curves_figure({metrics["student"]["method"] or "student": backtracking_history}, f"proxy_{head}",
                           title="proxy quality during distillation (EMA generator)")
     return (metrics, *figs, curve)
+
+
+def package_student(generator_ema_model: Checkpoint):
+    """The EMA student as an MLflow pyfunc model; the ``student_model`` dataset logs it with the
+    checkpoint file as its artifact (predict takes {n, seed, class})."""
+    from ...serving import StudentModel
+
+    log.info("packaging the %s student (%d iterations) as an MLflow model", generator_ema_model.metadata.get("method"),
+             generator_ema_model.metadata.get("step", 0))
+    return StudentModel()
+
+
+def register_student(student_model, metrics: dict, teacher_model: Checkpoint, data: dict[str, Any],
+                     backtracking: dict[str, Any]) -> dict:
+    """Register the logged student as ``<data>-<method>-<loss>`` with its quality, loss, method and the
+    teacher's hash as version tags; returns what was registered (empty without an MLflow run)."""
+    from ...serving import register_logged_model
+    from ...tracking import active
+
+    if not active():
+        log.info("no MLflow run: the student is not registered")
+        return {}
+    cfg = from_dict(DistillConfig, backtracking, "backtracking")
+    head = metrics["headline_metric"]
+    name = f"{data.get('source')}-{cfg.method}-{cfg.loss}"
+    tags = {head: f"{metrics['student'][head]:.6g}", f"teacher_{head}": f"{metrics['teacher'][head]:.6g}",
+            "loss": cfg.loss, "method": cfg.method, "teacher_sha256": state_sha256(teacher_model.net)}
+    registered = register_logged_model(name, tags)
+    log.info("registered %s version %d (%s)", name, registered["version"], tags)
+    return registered
+
+
+def state_sha256(net) -> str:
+    """A hash of a network's weights (names and values), independent of the file it came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in net.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import evaluate_models
+from .nodes import evaluate_models, package_student, register_student
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -12,4 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
               "params:data", "params:teacher", "params:evaluation"],
              ["metrics", "teacher_grid_plot", "initial_generator_grid_plot", "student_grid_plot", "quality_curve_plot"],
              name="evaluate_models"),
+        Node(package_student, "generator_ema_model", "student_model", name="package_student"),
+        Node(register_student, ["student_model", "metrics", "teacher_model", "params:data", "params:backtracking"],
+             "registered_model", name="register_student"),
     ], namespace="evaluation", prefix_datasets_with_namespace=False, tags="evaluation")
