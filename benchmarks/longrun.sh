@@ -12,10 +12,11 @@ WORK=.bench/longrun
 mkdir -p "$CACHE" "$WORK"
 export OMP_NUM_THREADS=1
 ALL=("ring:ring:di,dmd,sid:3:8000:250")
-# Robustness map (ring, SiD and DI, baseline and fixed DisBack): learning rate x s_init.
-for lr in 2.0e-4 5.0e-4 1.0e-3; do
-  for s in 0.5 1.0 2.5; do
-    ALL+=("robust_lr${lr}_s${s}:ring:sid,di:2:3000:250:--set backtracking.lr_generator=$lr --set backtracking.lr_fake=$lr --set backtracking.s_init=$s --methods baseline,fixed")
+# Robustness map (ring, SiD, baseline and fixed DisBack, 2 seeds, 2000 iterations): learning rate x s_init,
+# the aggressive corner first.
+for lr in 1.0e-3 5.0e-4 2.0e-4; do
+  for s in 2.5 1.0 0.5; do
+    ALL+=("robust_lr${lr}_s${s}:ring:sid:2:2000:250:--set backtracking.lr_generator=$lr --set backtracking.lr_fake=$lr --set backtracking.s_init=$s --methods baseline,fixed")
   done
 done
 ALL+=("grid:grid:di,dmd,sid:3:8000:250" "digits:digits:di,dmd,sid:3:5000:250")
