@@ -91,16 +91,21 @@ def test_registry_chains_distill():
     assert {"teacher_model", "degradation_path", "generator_ema_model", "metrics"} <= pipes["distill"].datasets()
 
 
-@pytest.mark.slow
-def test_distill_session_run(project):
+def _tiny_digits(project, budget: int, eval_every: int) -> None:
+    """The default (digits) run at a size that takes seconds: a tiny UNet, a few steps per stage."""
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
                  teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
     project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
                  degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
-    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=5,
-                 backtracking__batch_size=4, backtracking__eval_every=5)
+    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=budget,
+                 backtracking__batch_size=4, backtracking__eval_every=eval_every)
     project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
                  evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+
+
+@pytest.mark.slow
+def test_distill_session_run(project):
+    _tiny_digits(project, budget=5, eval_every=5)
     project.run("distill")
     root = project.path / "data"
     manifest = json.loads((root / "06_models/degradation_path/manifest.json").read_text())
@@ -171,14 +176,7 @@ def test_distill_session_run(project):
 
 @pytest.mark.slow
 def test_compare_session_nests_one_mlflow_run_per_method(project):
-    project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
-                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
-    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
-                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
-    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
-                 backtracking__batch_size=4, backtracking__eval_every=2)
-    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
-                 evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+    _tiny_digits(project, budget=4, eval_every=2)
     project.run("compare")
     import mlflow
 
