@@ -186,7 +186,44 @@ def write_tables(file: Path, rows: list[dict]) -> None:
             f"{_fmt(r.get('final_off_mode_mass'))} | {_fmt(r.get('final_mode_std'))} | "
             f"{_fmt(r['iterations_to_5x'])} | {_fmt(r['iterations_to_2x'])} | {_fmt(r['iterations_to_1.5x'])} | "
             f"{_fmt(r['wallclock_to_2x'])} | {r['seeds_reaching_2x']}/{r['seeds']} |")
+    lines += robustness_table(rows)
     file.write_text("\n".join(lines) + "\n")
+
+
+def _recipe_value(recipe: str, key: str) -> str | None:
+    for item in recipe.split(","):
+        k, _, v = item.partition("=")
+        if k == key:
+            return v
+    return None
+
+
+def robustness_table(rows: list[dict], level: str = "2x") -> list[str]:
+    """Per (data, loss, method): a learning-rate x s_init grid of seeds reaching ``level`` x the teacher's
+    quality, with the iterations the mean curve needed and the final quality (recipes that set both)."""
+    grid = [r for r in rows if _recipe_value(r["recipe"], "backtracking.lr_generator") is not None
+            and _recipe_value(r["recipe"], "backtracking.s_init") is not None]
+    if not grid:
+        return []
+    out = ["", f"Robustness map: seeds reaching {level} the teacher's quality / seeds, (iterations the mean "
+           "curve needed), final mean quality; rows learning rate (both networks), columns s_init.", ""]
+    for key in dict.fromkeys((r["data"], r["loss"], r["method"]) for r in grid):
+        cells = {(_recipe_value(r["recipe"], "backtracking.lr_generator"),
+                  _recipe_value(r["recipe"], "backtracking.s_init")): r
+                 for r in grid if (r["data"], r["loss"], r["method"]) == key}
+        lrs = sorted({k[0] for k in cells}, key=float)
+        inits = sorted({k[1] for k in cells}, key=float)
+        out += [f"{key[0]} / {key[1]} / {key[2]}:", "", "| lr (rows) / s_init | " + " | ".join(inits) + " |",
+                "|---|" + "---|" * len(inits)]
+        for lr in lrs:
+            row = []
+            for s_init in inits:
+                r = cells.get((lr, s_init))
+                row.append("-" if r is None else f"{r[f'seeds_reaching_{level}']}/{r['seeds']} "
+                           f"({_fmt(r[f'iterations_to_{level}'])}), {_fmt(r['final_quality_mean'])}")
+            out.append(f"| {lr} | " + " | ".join(row) + " |")
+        out.append("")
+    return out
 
 
 def main(argv=None) -> int:

@@ -114,3 +114,19 @@ def test_longrun_summary_levels_and_flatness():
     assert base["final_quality_mean"] == pytest.approx(0.5) and fixed["final_quality_std"] == 0.0
     # flatness over the last quarter: baseline (0.55 - 0.5) / 0.5 = 0.1, fixed 0
     assert base["flatness_last_quarter"] == pytest.approx(0.1) and fixed["flatness_last_quarter"] == 0.0
+
+
+def test_robustness_table_is_a_learning_rate_by_s_init_grid():
+    import longrun
+
+    def row(lr, s_init, reached, it):
+        return {"data": "ring", "loss": "sid", "method": "fixed", "seeds": 2, "seeds_reaching_2x": reached,
+                "iterations_to_2x": it, "final_quality_mean": 0.5,
+                "recipe": f"backtracking.lr_fake={lr},backtracking.lr_generator={lr},backtracking.s_init={s_init}"}
+
+    lines = longrun.robustness_table([row("1.0e-3", "2.5", 0, None), row("2.0e-4", "2.5", 2, 750.0),
+                                      row("2.0e-4", "0.5", 1, None)])
+    assert "ring / sid / fixed:" in lines and "| lr (rows) / s_init | 0.5 | 2.5 |" in lines
+    assert "| 2.0e-4 | 1/2 (-), 0.5 | 2/2 (750), 0.5 |" in lines
+    assert "| 1.0e-3 | - | 0/2 (-), 0.5 |" in lines
+    assert longrun.robustness_table([{**row("1", "1", 0, None), "recipe": "default"}]) == []
