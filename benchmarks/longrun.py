@@ -144,10 +144,12 @@ def plot(curves: pd.DataFrame, teachers: dict, file: Path) -> None:
     panels = list(curves.groupby(["dataset", "loss", "recipe"], sort=False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, ((data, loss, recipe), sub) in zip(axes[0], panels):
-        for method, g in sub.groupby("method", sort=False):
+        for method, g in sorted(sub.groupby("method"), key=lambda kv: list(METHODS).index(kv[0])):
             m = g.groupby("iteration")["quality"].agg(["mean", "std"]).reset_index()
-            ax.plot(m["iteration"], m["mean"], label=method)
-            ax.fill_between(m["iteration"], m["mean"] - m["std"].fillna(0), m["mean"] + m["std"].fillna(0), alpha=0.2)
+            color = f"C{list(METHODS).index(method)}"  # one colour per method in every panel
+            ax.plot(m["iteration"], m["mean"], label=method, color=color)
+            ax.fill_between(m["iteration"], m["mean"] - m["std"].fillna(0), m["mean"] + m["std"].fillna(0), alpha=0.2,
+                            color=color)
         ax.axhline(teachers[data]["teacher_quality"], color="k", ls="--", lw=0.8, label="teacher")
         ax.set_yscale("log")
         ax.set_title(f"{data} / {loss}" + ("" if recipe == "default" else f"\n{recipe}"), fontsize=8)
