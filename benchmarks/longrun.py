@@ -142,8 +142,12 @@ def plot(curves: pd.DataFrame, teachers: dict, file: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = list(curves.groupby(["dataset", "loss", "recipe"], sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, ((data, loss, recipe), sub) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, ((data, loss, recipe), sub) in zip(axes.flat, panels):
         for method, g in sorted(sub.groupby("method"), key=lambda kv: list(METHODS).index(kv[0])):
             m = g.groupby("iteration")["quality"].agg(["mean", "std"]).reset_index()
             color = f"C{list(METHODS).index(method)}"  # one colour per method in every panel
@@ -152,7 +156,9 @@ def plot(curves: pd.DataFrame, teachers: dict, file: Path) -> None:
                             color=color)
         ax.axhline(teachers[data]["teacher_quality"], color="k", ls="--", lw=0.8, label="teacher")
         ax.set_yscale("log")
-        ax.set_title(f"{data} / {loss}" + ("" if recipe == "default" else f"\n{recipe}"), fontsize=8)
+        short = ", ".join(f"{k.split('.')[-1]}={v}" for k, _, v in (i.partition("=") for i in recipe.split(","))
+                          if k != "backtracking.lr_fake")  # lr_fake follows lr_generator in the map
+        ax.set_title(f"{data} / {loss}" + ("" if recipe == "default" else f": {short}"), fontsize=8)
         ax.set_xlabel("generator iteration")
         ax.set_ylabel(teachers[data]["metric"])
         ax.legend(fontsize=7)
