@@ -215,18 +215,23 @@ def _spread(index, k: int = 5) -> list:
     return sorted({idx[round(i * (len(idx) - 1) / (k - 1))] for i in range(k)}) if idx else []
 
 
+def add_run_options(ap: argparse.ArgumentParser, teacher_cache: str) -> None:
+    """The options that :func:`setup` and :func:`run_one` read (shared with longrun.py)."""
+    ap.add_argument("--budget", type=int, default=0, help="override backtracking.budget (0 = env value)")
+    ap.add_argument("--eval-every", type=int, default=0, help="override backtracking.eval_every (0 = env value)")
+    ap.add_argument("--proxy-samples", type=int, default=0, help="override evaluation.proxy_samples (0 = env value)")
+    ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
+    ap.add_argument("--teacher-cache", default=teacher_cache, help="folder to keep/reuse each data set's teacher")
+    ap.add_argument("--set", action="append", default=[], help="stage.key=value on top of conf for every run")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="ring,grid,digits")
     ap.add_argument("--losses", default="di,dmd")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--budget", type=int, default=0, help="override backtracking.budget (0 = env value)")
-    ap.add_argument("--eval-every", type=int, default=0, help="override backtracking.eval_every")
-    ap.add_argument("--proxy-samples", type=int, default=0, help="override evaluation.proxy_samples")
-    ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
-    ap.add_argument("--teacher-cache", default="", help="folder to keep/reuse each data set's trained teacher")
+    add_run_options(ap, teacher_cache="")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--set", action="append", default=[], help="stage.key=value on top of conf for every run")
     ap.add_argument("--arms", default="baseline,disback,disback_n1",
                     help="comma-separated: baseline, disback, disback_n1 (ablation: fake score from P_N, N = 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))

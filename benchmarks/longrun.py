@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convergence import parse_set, run_one, setup  # noqa: E402
+from convergence import add_run_options, parse_set, run_one, setup  # noqa: E402
 
 log = logging.getLogger("benchmarks.longrun")
 
@@ -240,12 +240,7 @@ def main(argv=None) -> int:
     ap.add_argument("--losses", default="di,dmd,sid")
     ap.add_argument("--methods", default="baseline,fixed,adaptive")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=0, help="generator iterations (0 = env value)")
-    ap.add_argument("--eval-every", type=int, default=0, help="evaluation interval (0 = env value)")
-    ap.add_argument("--proxy-samples", type=int, default=0, help="samples per evaluation (0 = env value)")
-    ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
-    ap.add_argument("--teacher-cache", default=".bench/cache", help="folder to keep/reuse each data set's teacher")
-    ap.add_argument("--set", action="append", default=[], help="stage.key=value for every run of this part")
+    add_run_options(ap, teacher_cache=".bench/cache")
     ap.add_argument("--part", default="1/1", help="k/n: run every n-th run of the plan, starting at the k-th")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=".bench/longrun/part")
