@@ -11,15 +11,10 @@ the method and the teacher's hash as version tags. Load a version from Python:
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-
-# what a loaded model needs beyond the standard library (a pyfunc records these instead of guessing them)
-PIP_REQUIREMENTS = ["torch", "numpy", "mlflow"]
 
 
 def _request(model_input: Any) -> dict:
@@ -56,14 +51,6 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         check_class(self.checkpoint, request["class"])
         seeds = list(range(request["seed"], request["seed"] + request["n"]))
         return np.concatenate([x.numpy() for x in draw(self.checkpoint, seeds, 256, request["class"])])
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def register_logged_model(name: str, tags: dict[str, str]):
