@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,18 @@ def _mean_per_sample(x: torch.Tensor) -> torch.Tensor:
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
     return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+@contextlib.contextmanager
+def weights_frozen(net: torch.nn.Module):
+    """Gradients reach ``net``'s input but not its weights; each weight's requires_grad is restored after."""
+    flags = [p.requires_grad for p in net.parameters()]
+    net.requires_grad_(False)
+    try:
+        yield net
+    finally:
+        for p, flag in zip(net.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def lognormal_sigma(n: int, P_mean: float, P_std: float, device="cpu") -> torch.Tensor:
@@ -194,14 +207,9 @@ class SiDLoss:
     def __call__(self, x0: torch.Tensor, fake, target, labels=None) -> GeneratorLossOutput:
         sigma = self.sample_sigma(x0.shape[0], x0.device)
         x_t = x0 + _per_sample(sigma, x0) * torch.randn_like(x0)
-        grads = [p.requires_grad for p in fake.parameters()]
-        fake.requires_grad_(False)  # only the input carries gradient; the fake score is trained elsewhere
-        try:
+        with weights_frozen(fake):  # only the input carries gradient; the fake score is trained elsewhere
             d_fake = fake(x_t, sigma, labels).float()
             d_target = target(x_t, sigma, labels).float()
-        finally:
-            for p, g in zip(fake.parameters(), grads):
-                p.requires_grad_(g)
         x0 = x0.float()
         gap = d_target - d_fake
         per_elem = gap * ((d_target - x0) - self.alpha * gap)
@@ -289,10 +297,5 @@ class AdversarialTerm:
 
     def generator_loss(self, fake, x0: torch.Tensor, labels=None) -> torch.Tensor:
         """Non-saturating loss of generator samples ``x0`` (with gradient); the fake score is not updated."""
-        grads = [p.requires_grad for p in fake.parameters()]
-        fake.requires_grad_(False)
-        try:
+        with weights_frozen(fake):
             return torch.nn.functional.softplus(-self._logits(fake, x0, labels)).mean()
-        finally:
-            for p, g in zip(fake.parameters(), grads):
-                p.requires_grad_(g)
