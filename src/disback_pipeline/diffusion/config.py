@@ -220,10 +220,11 @@ class DistillConfig:
     log_every: int = 100              # status line interval (iterations; 0 = never)
     eval_every: int = 100             # proxy-quality interval (iterations; 0 = never)
     record_every: int = 1             # history row interval (iterations)
+    checkpoint_every: int = 100       # training-state interval (iterations; 0 = only at the end)
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
-        _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight")
+        _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight", "checkpoint_every")
         _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every")
         _fraction(self, "ema_decay")
         for i, b in enumerate(self.betas):
@@ -265,10 +266,11 @@ class DegradationConfig:
     bf16: bool = False                # bf16 autocast on CUDA
     log_every: int = 100              # status line interval (steps; 0 = never)
     record_every: int = 1             # history row interval (steps)
+    checkpoint_every: int = 100       # training-state interval (steps; 0 = only at the end)
 
     def __post_init__(self):
         _at_least(self, 1, "n_nodes", "candidates", "probe_size", "batch_size", "record_every")
-        _at_least(self, 0, "log_every")
+        _at_least(self, 0, "log_every", "checkpoint_every")
         if self.k1 < self.n_nodes:
             raise ConfigError(f"k1 (K1, degradation iterations) must be >= n_nodes = {self.n_nodes}, got {self.k1}")
         _positive(self, "lr", "P_std")
@@ -317,9 +319,10 @@ class TrainingConfig:
     P_std: float = 1.2                # std of ln(sigma) for the DSM loss
     grad_clip: float | None = 1.0     # max gradient norm (None = no clipping)
     log_every: int = 250              # status line / MLflow flush interval (steps; 0 = never)
+    checkpoint_every: int = 500       # training-state interval (steps; 0 = only at the end)
 
     def __post_init__(self):
-        _at_least(self, 0, "steps", "warmup_steps", "log_every")
+        _at_least(self, 0, "steps", "warmup_steps", "log_every", "checkpoint_every")
         _at_least(self, 1, "batch_size")
         _positive(self, "lr", "P_std")
         _fraction(self, "ema_decay")
@@ -405,8 +408,22 @@ class EvaluationConfig:
         _device(self)
 
 
+@dataclass(frozen=True)
+class CheckpointingConfig:
+    """Training states of the three loops (teacher pre-training, stage 1, stage 2) and resuming from them."""
+
+    resume: Literal["auto", "never"] = "auto"  # auto: continue a stage from its newest state | never: start afresh
+    keep: int = 2                     # newest states kept per stage (count)
+    dir: str = "data/09_training_state"  # folder of the states, one sub-folder per stage (per environment)
+
+    def __post_init__(self):
+        _at_least(self, 1, "keep")
+        if not self.dir:
+            raise ConfigError("dir must name a folder")
+
+
 STAGES = {"data": DataConfig, "teacher": TeacherConfig, "degradation": DegradationConfig,
-          "backtracking": DistillConfig, "evaluation": EvaluationConfig}
+          "backtracking": DistillConfig, "evaluation": EvaluationConfig, "checkpointing": CheckpointingConfig}
 
 
 def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from .data import DataSource
 from .losses import EDMLoss, lognormal_sigma
 from .path import DegradationPath, PathNode, Probe, candidate_steps, pick_by_distance, step_key
 from .sampling import draw_generator_batch
+from .state import StateStore
 from .teacher import check_teacher_fits
 from .training import StatusLine, frozen, make_adam, mean_loss, progress, seed_everything, select_device, train_step
 
@@ -41,20 +42,24 @@ def make_probe(generator, source: DataSource, s_init: float, n: int, seed: int, 
 
 
 def record_degradation(teacher: Checkpoint, source: DataSource, cfg: DegradationConfig, s_init: float,
-                       on_record: RecordCallback | None = None) -> tuple[DegradationPath, list[dict]]:
+                       on_record: RecordCallback | None = None,
+                       store: StateStore | None = None) -> tuple[DegradationPath, list[dict]]:
     """Stage 1: fine-tune a teacher copy on samples of the frozen initial generator.
 
     Returns the path P_0 (unmodified teacher) ... P_N (end of fine-tuning) and a
     history of DSM losses. ``cfg.spacing`` = ``iterations`` places the nodes
     evenly in steps; ``distance`` places them where the denoiser distance to
     P_N has dropped by equal shares (among ``cfg.candidates`` snapshots).
+    With a ``store`` the fine-tuning state (weights, optimiser, snapshots so
+    far, RNGs, history, clock) is saved every ``cfg.checkpoint_every`` steps
+    and a run continues from the newest one.
     """
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)
     start = time.perf_counter()
     generator = frozen(copy.deepcopy(teacher.net).to(dev))
-    snapshots, history = _fine_tune(teacher, generator, source, cfg, s_init, dev, start, on_record)
+    snapshots, history, start = _fine_tune(teacher, generator, source, cfg, s_init, dev, start, on_record, store)
     nodes = _choose_nodes(teacher, generator, source, cfg, s_init, dev, snapshots)
     stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
     meta = {"s_init": float(s_init), "k1": cfg.k1, "n_nodes": len(nodes) - 1, "spacing": cfg.spacing,
@@ -64,19 +69,31 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
     return DegradationPath(dict(teacher.config), nodes, meta), history
 
 
-def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, start, on_record):
-    """Stage 1's DSM steps on the generator's samples; returns the kept snapshots and the history."""
+def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, start, on_record, store):
+    """Stage 1's DSM steps on the generator's samples; returns the kept snapshots, the history and the
+    stage's start time (moved back by the time of the run that was resumed)."""
     degraded = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
     loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, degraded.sigma_data)
     opt = make_adam(degraded.parameters(), cfg.lr, cfg.betas)
     snap_steps = candidate_steps(cfg.k1, cfg.n_nodes, cfg.spacing, max(cfg.candidates, cfg.n_nodes))
     snapshots = {0: _cpu_state(degraded)}
     history: list[dict] = []
+    first = 1
+    state = store.begin() if store is not None else None
+    if state is not None:
+        degraded.load_state_dict(state["modules"]["degraded"])
+        opt.load_state_dict(state["optimizer"])
+        snapshots, history = dict(state["snapshots"]), list(state["history"])
+        first, start = state["iteration"] + 1, time.perf_counter() - float(state["clock"])
+        for rec in history if on_record is not None else ():
+            on_record(rec)
     status = StatusLine("degradation", cfg.k1, cfg.log_every)
     with progress(cfg.k1, "degradation") as bar:
-        for step in range(1, cfg.k1 + 1):
+        bar.update(first - 1)
+        for step in range(first, cfg.k1 + 1):
             x0, labels = draw_generator_batch(generator, source, cfg.batch_size, s_init, dev)
-            loss = train_step(opt, mean_loss, loss_fn, degraded, x0, labels, device=dev, bf16=cfg.bf16)
+            loss = train_step(opt, mean_loss, loss_fn, degraded, x0, labels, device=dev, bf16=cfg.bf16,
+                              where=("stage 1 (degradation recording)", step))
             if step in snap_steps:
                 snapshots[step] = _cpu_state(degraded)
             if step % cfg.record_every == 0 or step == cfg.k1:
@@ -89,7 +106,11 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
             bar.update(1)
             if status.due(step):
                 status(step, dsm_loss=loss.item())
-    return snapshots, history
+            if store is not None and store.due(step, cfg.k1):
+                store.save(step, {"modules": {"degraded": degraded.state_dict()}, "optimizer": opt.state_dict(),
+                                  "snapshots": snapshots, "history": history,
+                                  "clock": time.perf_counter() - start}, complete=step == cfg.k1, modules=(degraded,))
+    return snapshots, history, start
 
 
 def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,7 @@ from .losses import AdversarialTerm, EDMLoss
 from .path import DegradationPath
 from .sampling import draw_generator_batch
 from .schedule import TEACHER, Walk, reaches_teacher
+from .state import StateStore
 from .teacher import check_teacher_fits
 from .training import (
     EMA,
@@ -52,6 +53,7 @@ class DistillResult:
     generator: Checkpoint
     generator_ema: Checkpoint
     history: list[dict]
+    switch_samples: list = field(default_factory=list)  # (iteration, target, what on_switch returned)
 
 
 @dataclass
@@ -104,22 +106,26 @@ def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn
     return nets.scratch
 
 
-def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: DistillConfig, dev) -> torch.Tensor:
+def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: DistillConfig, dev,
+                    where: tuple[str, int] | None = None) -> torch.Tensor:
     """Step 1: one DSM step of the fake score on detached generator samples."""
     x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
-    return train_step(nets.opt_f, mean_loss, loss_fn, nets.fake, x0.detach(), labels, device=dev, bf16=cfg.bf16)
+    return train_step(nets.opt_f, mean_loss, loss_fn, nets.fake, x0.detach(), labels, device=dev, bf16=cfg.bf16,
+                      where=where)
 
 
-def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev) -> torch.Tensor:
+def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev,
+                       where: tuple[str, int] | None = None) -> torch.Tensor:
     """With gan_weight > 0: one step of the adversarial head, real data against detached generator samples."""
     real, real_labels = source.sample(cfg.batch_size)
     real, real_labels = real.to(dev), None if real_labels is None else real_labels.to(dev)
     x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
     return train_step(nets.opt_d, nets.gan.discriminator_loss, nets.fake, real, real_labels, x0, labels,
-                      device=dev, bf16=cfg.bf16)
+                      device=dev, bf16=cfg.bf16, where=where)
 
 
-def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev):
+def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev,
+                   where: tuple[str, int] | None = None):
     """Step 2: one generator step on the score-distillation loss against ``target`` (plus the adversarial
     term at ``gan_weight``); EMA follows."""
     def compute():
@@ -130,7 +136,7 @@ def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSo
             loss = loss + cfg.gan_weight * nets.gan.generator_loss(nets.fake, x0, labels)
         return loss, out
 
-    loss, out = train_step(nets.opt_g, compute, device=dev, bf16=cfg.bf16)
+    loss, out = train_step(nets.opt_g, compute, device=dev, bf16=cfg.bf16, where=where)
     nets.ema.update(nets.generator)
     return loss, out
 
@@ -138,7 +144,8 @@ def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSo
 def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig | dict,
             time_offset: float = 0.0, on_record: RecordCallback | None = None,
             evaluate: Callable[[torch.nn.Module], dict] | None = None,
-            on_switch: Callable[[int, str, torch.nn.Module], None] | None = None) -> DistillResult:
+            on_switch: Callable[[int, str, torch.nn.Module], object] | None = None,
+            store: StateStore | None = None) -> DistillResult:
     """Stage 2: score distillation of a one-step generator.
 
     With a path (backtracking enabled) the fake score starts from P_N and the
@@ -148,7 +155,11 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     ``evaluate(generator)`` (optional) returns extra history columns every
     ``eval_every`` iterations (on the EMA generator; its time is not counted in
     ``wall_clock_s``). ``on_switch(iteration, new_target, ema_generator)`` is
-    called at every change of target and once at the end (target ``"final"``).
+    called at every change of target and once at the end (target ``"final"``);
+    what it returns is kept in ``result.switch_samples``. With a ``store`` the
+    training state is saved every ``cfg.checkpoint_every`` iterations and a run
+    continues from the newest state (restored history rows are passed to
+    ``on_record`` again).
     """
     cfg = cfg if isinstance(cfg, DistillConfig) else from_dict(DistillConfig, cfg, "backtracking")
     check_teacher_fits(teacher.config, source)
@@ -159,24 +170,30 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     nets = _build_nets(teacher, source, path, cfg, dev)
     fake_loss = EDMLoss(cfg.fake_P_mean, cfg.fake_P_std, nets.fake.sigma_data)
     gen_loss = cfg.generator_loss()
-    clock = _Clock(time_offset)
-    history: list[dict] = []
+    run = _Run(TEACHER, [], [], _Clock(time_offset), 1)
+    state = store.begin() if store is not None else None
+    if state is not None:
+        run = _restore(nets, walk, state)
+        for rec in run.history if on_record is not None else ():
+            on_record(rec)
+    target = _target_net(nets, path, run.key)
     status = StatusLine("backtracking" if path else "baseline", cfg.budget, cfg.log_every)
-    target, key = nets.teacher, TEACHER
+    stage = f"stage 2 ({status.desc})"
     with progress(cfg.budget, status.desc) as bar:
-        for it in range(1, cfg.budget + 1):
+        bar.update(run.first - 1)
+        for it in range(run.first, cfg.budget + 1):
             switch = walk.target_for(it)
             if switch is not None:
-                key, target = switch[0], _target_net(nets, path, switch[0])
-                log.info("iteration %d: target is now %s (%s)", it, key if key == TEACHER else f"path node {key}",
-                         switch[1])
+                run.key, target = switch[0], _target_net(nets, path, switch[0])
+                log.info("iteration %d: target is now %s (%s)", it,
+                         run.key if run.key == TEACHER else f"path node {run.key}", switch[1])
                 if on_switch is not None:
-                    on_switch(it, key, nets.ema.net)
-            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev).item()
+                    run.switch_samples.append((it, run.key, on_switch(it, run.key, nets.ema.net)))
+            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev, (stage, it)).item()
                          for _ in range(cfg.fake_steps)) / cfg.fake_steps
             if nets.gan is not None:
-                discriminator_step(nets, source, cfg, dev)
-            loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev)
+                discriminator_step(nets, source, cfg, dev, (stage, it))
+            loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev, (stage, it))
             bar.update(1)
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
             record_due = it % cfg.record_every == 0 or it == cfg.budget or switch is not None or eval_due
@@ -184,15 +201,56 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 else float("nan")
             walk.observe(mismatch)
             if record_due:
-                rec = {"iteration": it, "wall_clock_s": clock.now(), "stage": "backtracking", "target": key,
+                rec = {"iteration": it, "wall_clock_s": run.clock.now(), "stage": "backtracking", "target": run.key,
                        "switch_reason": switch[1] if switch is not None else "", "loss_generator": loss_g.item(),
                        "loss_fake_score": loss_f, "score_mismatch": mismatch,
-                       **(clock.off_the_clock(evaluate, nets.ema.net) if eval_due else {})}
-                history.append(rec)
+                       **(run.clock.off_the_clock(evaluate, nets.ema.net) if eval_due else {})}
+                run.history.append(rec)
                 if on_record is not None:
                     on_record(rec)
-            status(it, target=key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
-    return _finish(teacher, source, cfg, nets, history, on_switch, "disback" if path else "baseline")
+            status(it, target=run.key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
+            if store is not None and store.due(it, cfg.budget):
+                _save(store, it, cfg.budget, nets, walk, run)
+    return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline")
+
+
+@dataclass
+class _Run:
+    """Stage 2's progress besides the networks: current target, history, switch samples, clock."""
+
+    key: str
+    history: list[dict]
+    switch_samples: list
+    clock: _Clock
+    first: int  # the iteration to run next
+
+
+_MODULES = ("generator", "fake")
+
+
+def _save(store: StateStore, it: int, budget: int, nets: _Nets, walk: Walk, run: _Run) -> None:
+    modules = {name: getattr(nets, name).state_dict() for name in _MODULES}
+    modules["ema"] = nets.ema.net.state_dict()
+    optimizers = {"generator": nets.opt_g.state_dict(), "fake": nets.opt_f.state_dict()}
+    if nets.gan is not None:
+        modules["gan_head"], optimizers["gan_head"] = nets.gan.head.state_dict(), nets.opt_d.state_dict()
+    store.save(it, {"modules": modules, "optimizers": optimizers, "walk": walk.state_dict(), "key": run.key,
+                    "history": run.history, "switch_samples": run.switch_samples, "clock": run.clock.now()},
+               complete=it == budget, modules=(nets.generator, nets.fake, nets.ema.net))
+
+
+def _restore(nets: _Nets, walk: Walk, state: dict) -> _Run:
+    for name in _MODULES:
+        getattr(nets, name).load_state_dict(state["modules"][name])
+    nets.ema.net.load_state_dict(state["modules"]["ema"])
+    nets.opt_g.load_state_dict(state["optimizers"]["generator"])
+    nets.opt_f.load_state_dict(state["optimizers"]["fake"])
+    if nets.gan is not None:
+        nets.gan.head.load_state_dict(state["modules"]["gan_head"])
+        nets.opt_d.load_state_dict(state["optimizers"]["gan_head"])
+    walk.load_state_dict(state["walk"])
+    return _Run(state["key"], list(state["history"]), list(state["switch_samples"]), _Clock(float(state["clock"])),
+                state["iteration"] + 1)
 
 
 class _Clock:
@@ -212,12 +270,12 @@ class _Clock:
             self.excluded += time.perf_counter() - t
 
 
-def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, history, on_switch, method: str) -> DistillResult:
+def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, run: _Run, on_switch, method: str) -> DistillResult:
     if on_switch is not None:
-        on_switch(cfg.budget, "final", nets.ema.net)
+        run.switch_samples.append((cfg.budget, "final", on_switch(cfg.budget, "final", nets.ema.net)))
     meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
             "method": method, "loss": cfg.loss}
     gen_ckpt = Checkpoint(frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
     ema_ckpt = Checkpoint(nets.ema.net.cpu(), dict(teacher.config), {**meta, "weights": "ema"})
     teacher.net.cpu()
-    return DistillResult(gen_ckpt, ema_ckpt, history)
+    return DistillResult(gen_ckpt, ema_ckpt, run.history, run.switch_samples)

@@ -124,6 +124,16 @@ class Walk:
         self._smooth = self._ref = self._low = None
         self._low_at = 0
 
+    _STATE = ("index", "_pending", "_since", "_smooth", "_ref", "_low", "_low_at")
+
+    def state_dict(self) -> dict:
+        """The walk's position (current node and the adaptive rule's running values), for training states."""
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+
     @property
     def uses_path(self) -> bool:
         return len(self.queue) > 1

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainingConfig
 from .losses import EDMLoss
+from .state import DivergenceError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +99,29 @@ HISTORY_COLUMNS = ["iteration", "wall_clock_s", "stage", "target", "switch_reaso
 
 
 def train_step(opt: torch.optim.Optimizer, compute_loss: Callable[..., Any], *args, device: torch.device,
-               bf16: bool = False, grad_clip: float | None = None):
+               bf16: bool = False, grad_clip: float | None = None, where: tuple[str, int] | None = None):
     """One optimiser step: autocast, loss, zero_grad, backward, (clip), step.
 
     ``compute_loss(*args)`` returns the scalar loss, or a tuple whose first
     entry is the scalar loss; the same is returned, so callers keep what they
     need of it (the generator step keeps the denoisers' outputs).
+
+    The divergence guard: with ``where = (stage, iteration)`` a non-finite loss
+    or gradient norm raises :class:`DivergenceError` before the weights change.
     """
     with autocast(device, bf16):
         out = compute_loss(*args)
     loss = out[0] if isinstance(out, tuple) else out
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+    if where is not None and not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+        bad_loss = not bool(torch.isfinite(loss.detach()))
+        raise DivergenceError(where[0], where[1], "loss" if bad_loss else "gradient norm",
+                              float(loss.detach() if bad_loss else norm))
     opt.step()
     return out
 
@@ -143,13 +153,16 @@ class StatusLine:
 
 def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: TrainingConfig,
               device: torch.device | str = "cpu", bf16: bool = False, desc: str = "dsm",
-              on_step: StepCallback | None = None) -> tuple[torch.nn.Module, list[dict]]:
+              on_step: StepCallback | None = None, store: StateStore | None = None
+              ) -> tuple[torch.nn.Module, list[dict]]:
     """Train ``net`` with the EDM DSM loss on batches from ``batches(n) -> (x0, labels)``.
 
     Returns the EMA network and a history of per-step records
     ``{step, loss, wall_clock_s}``. ``on_step(step, record)`` is called after
-    every step (e.g. to log metrics); a status line is logged every
-    ``cfg.log_every`` steps.
+    every step (e.g. to log metrics; on resume, for the restored steps too); a
+    status line is logged every ``cfg.log_every`` steps. With a ``store`` the
+    full training state is saved every ``cfg.checkpoint_every`` steps and at
+    the end, and a run continues from the newest state it finds.
     """
     device = torch.device(device)
     steps = cfg.steps
@@ -159,15 +172,26 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
     opt = make_adam(net.parameters(), cfg.lr, cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.lr_schedule, steps, cfg.warmup_steps))
     history: list[dict] = []
+    first, clock = 1, 0.0
+    state = store.begin() if store is not None else None
+    if state is not None:
+        net.load_state_dict(state["modules"]["net"])
+        ema.net.load_state_dict(state["modules"]["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, first, clock = list(state["history"]), state["iteration"] + 1, float(state["clock"])
+        for record in history if on_step is not None else ():
+            on_step(record["step"], record)
     status = StatusLine(desc, steps, cfg.log_every)
-    start = time.perf_counter()
+    start = time.perf_counter() - clock
     with progress(steps, desc) as bar:
-        for step in range(1, steps + 1):
+        bar.update(first - 1)
+        for step in range(first, steps + 1):
             x0, labels = batches(cfg.batch_size)
             x0 = x0.to(device)
             labels = None if labels is None else labels.to(device)
             loss = train_step(opt, mean_loss, loss_fn, net, x0, labels, device=device, bf16=bf16,
-                              grad_clip=cfg.grad_clip)
+                              grad_clip=cfg.grad_clip, where=(desc, step))
             sched.step()
             ema.update(net)
             record = {"step": step, "loss": loss.item(), "wall_clock_s": time.perf_counter() - start}
@@ -176,5 +200,10 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
                 on_step(step, record)
             bar.update(1)
             status(step, loss=record["loss"])
+            if store is not None and store.due(step, steps):
+                store.save(step, {"modules": {"net": net.state_dict(), "ema": ema.net.state_dict()},
+                                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                  "history": history, "clock": record["wall_clock_s"]},
+                           complete=step == steps, modules=(net, ema.net))
     net.eval()
     return ema.net, history

@@ -1,0 +1,199 @@
+"""Training states: each loop stopped part-way and continued ends bit-identical to an uninterrupted run; a state
+written under other settings is refused (unfinished) or superseded (finished); the divergence guard."""
+
+import math
+
+import pytest
+import torch
+
+from disback_pipeline.diffusion.backbones import build_network
+from disback_pipeline.diffusion.checkpoint import Checkpoint
+from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, TrainingConfig, from_dict
+from disback_pipeline.diffusion.data import GaussianMixture2D
+from disback_pipeline.diffusion.degradation import record_degradation
+from disback_pipeline.diffusion.disback import distill
+from disback_pipeline.diffusion.state import DivergenceError, StateError, StateStore, fingerprint
+from disback_pipeline.diffusion.teacher import pretrain_teacher
+from disback_pipeline.diffusion.training import train_dsm
+
+TINY = {"backbone": "mlp", "width": 16, "num_blocks": 1, "emb_dim": 8}
+SRC = GaussianMixture2D.ring(4, 1.0, 0.1)
+
+
+class Stop(Exception):
+    """Stands in for a kill: raised from a callback after a given iteration."""
+
+
+def stop_after(n, key):
+    def callback(*args):
+        record = args[-1]
+        if record[key] == n:
+            raise Stop
+
+    return callback
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def without_clock(rows):
+    return [{k: v for k, v in r.items() if k != "wall_clock_s"} for r in rows]
+
+
+def same_rows(a, b) -> bool:
+    def norm(v):
+        return "nan" if isinstance(v, float) and math.isnan(v) else v
+    return [{k: norm(v) for k, v in r.items()} for r in without_clock(a)] == \
+        [{k: norm(v) for k, v in r.items()} for r in without_clock(b)]
+
+
+def store(tmp_path, every, name="s", **fp):
+    return StateStore(tmp_path / name, name, every, fingerprint(**(fp or {"x": 1})))
+
+
+TRAIN = TrainingConfig(steps=24, batch_size=32, lr=3e-3, warmup_steps=4, log_every=0)
+
+
+def test_teacher_training_resumes_bit_identical(tmp_path):
+    full, full_hist = pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu")
+    with pytest.raises(Stop):
+        pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu", on_step=stop_after(14, "step"),
+                         store=store(tmp_path, 5))
+    assert [p.name for p in (tmp_path / "s").iterdir()] and len(store(tmp_path, 5).files()) == 2  # keep = 2
+    seen = []
+    resumed, hist = pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu",
+                                     on_step=lambda step, rec: seen.append(step), store=store(tmp_path, 5))
+    assert same_weights(full.net, resumed.net)
+    assert same_rows(full_hist, hist) and len(hist) == 24
+    assert seen == list(range(1, 25))  # restored steps replayed (a resumed MLflow run skips those it holds)
+    # the finished state makes a re-run reuse the stage: nothing is trained, the same teacher comes back
+    again, hist2 = pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu", store=store(tmp_path, 5))
+    assert same_weights(full.net, again.net) and same_rows(hist, hist2)
+
+
+def _teacher():
+    torch.manual_seed(0)
+    cfg = {**TINY, "dim": 2}
+    return Checkpoint(build_network(cfg), cfg, {"role": "teacher"})
+
+
+DEG = DegradationConfig(k1=18, n_nodes=3, spacing="distance", candidates=9, probe_size=64, lr=1e-2,
+                        batch_size=16, log_every=0, device="cpu")
+
+
+def test_stage1_resumes_bit_identical(tmp_path):
+    full, full_hist = record_degradation(_teacher(), SRC, DEG, 2.5)
+    with pytest.raises(Stop):
+        record_degradation(_teacher(), SRC, DEG, 2.5, on_record=stop_after(11, "iteration"),
+                           store=store(tmp_path, 4))
+    resumed, hist = record_degradation(_teacher(), SRC, DEG, 2.5, store=store(tmp_path, 4))
+    assert resumed.keys == full.keys
+    assert all(all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+               for a, b in zip(full.nodes, resumed.nodes))
+    assert [n.distance_to_final for n in full.nodes] == [n.distance_to_final for n in resumed.nodes]
+    assert same_rows(full_hist, hist)
+
+
+def _path():
+    return record_degradation(_teacher(), SRC, DEG, 2.5)[0]
+
+
+@pytest.mark.parametrize("settings", [
+    {"switch": "fixed", "k2": 6},
+    {"switch": "adaptive", "adaptive": {"warmup": 2, "window": 3, "cap": 5, "fraction": 0.9}, "fake_steps": 2},
+    {"switch": "fixed", "k2": 6, "gan_weight": 0.1, "loss": "sid"},
+], ids=["fixed", "adaptive", "sid+gan"])
+def test_stage2_resumes_bit_identical(tmp_path, settings):
+    cfg = from_dict(DistillConfig, {"budget": 30, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3, "log_every": 0,
+                           "eval_every": 7, "device": "cpu", "s_init": 2.5, **settings}, "backtracking")
+    path = _path()
+
+    def evaluate(g):
+        return {"proxy_mean": float(g(torch.ones(4, 2), torch.ones(4)).mean())}
+
+    def on_switch(it, key, g):
+        return g(torch.zeros(2, 2), torch.ones(2)).detach()
+
+    full = distill(_teacher(), SRC, path, cfg, evaluate=evaluate, on_switch=on_switch)
+    with pytest.raises(Stop):
+        distill(_teacher(), SRC, path, cfg, evaluate=evaluate, on_switch=on_switch,
+                on_record=stop_after(17, "iteration"), store=store(tmp_path, 5))
+    resumed = distill(_teacher(), SRC, path, cfg, evaluate=evaluate, on_switch=on_switch, store=store(tmp_path, 5))
+    assert same_weights(full.generator.net, resumed.generator.net)
+    assert same_weights(full.generator_ema.net, resumed.generator_ema.net)
+    assert same_rows(full.history, resumed.history)
+    assert [(i, k) for i, k, _ in full.switch_samples] == [(i, k) for i, k, _ in resumed.switch_samples]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(full.switch_samples, resumed.switch_samples))
+    reasons = [r["switch_reason"] for r in resumed.history if r["switch_reason"]]
+    assert reasons[0] == "start" and len(reasons) >= 3  # the walk went on past the stop
+
+
+def test_changed_settings_refuse_an_unfinished_state_and_supersede_a_finished_one(tmp_path):
+    old = TrainingConfig(steps=12, batch_size=16, lr=3e-3, log_every=0)
+    with pytest.raises(Stop):
+        pretrain_teacher(SRC, TINY, old, 0, "cpu", on_step=stop_after(7, "step"),
+                         store=store(tmp_path, 3, lr=3e-3, steps=12))
+    with pytest.raises(StateError, match=r"lr: 0.003 -> 0.001.*checkpointing.resume=never"):
+        pretrain_teacher(SRC, TINY, old, 0, "cpu", store=store(tmp_path, 3, lr=1e-3, steps=12))
+    # never: starts afresh (and removes the old states)
+    fresh = StateStore(tmp_path / "s", "s", 3, fingerprint(lr=1e-3, steps=12), resume="never")
+    pretrain_teacher(SRC, TINY, old, 0, "cpu", store=fresh)
+    finished = store(tmp_path, 3, lr=1e-3, steps=12).begin()
+    assert finished["complete"] and finished["iteration"] == 12
+    # a finished state under other settings is superseded: the stage trains again
+    steps = []
+    pretrain_teacher(SRC, TINY, old, 0, "cpu", on_step=lambda s, r: steps.append(s),
+                     store=store(tmp_path, 3, lr=5e-4, steps=12))
+    assert steps == list(range(1, 13))
+
+
+def test_unreadable_newest_state_falls_back_to_the_previous_one(tmp_path):
+    with pytest.raises(Stop):
+        pretrain_teacher(SRC, TINY, TRAIN, 3, "cpu", on_step=stop_after(12, "step"), store=store(tmp_path, 5))
+    newest = store(tmp_path, 5).files()[0]
+    newest.write_bytes(newest.read_bytes()[:100])  # damaged after it was written
+    state = store(tmp_path, 5).begin()
+    assert state["iteration"] == 5
+    for f in store(tmp_path, 5).files():
+        f.write_bytes(b"junk")
+    with pytest.raises(StateError, match="no training state .* is readable; delete the folder"):
+        store(tmp_path, 5).begin()
+
+
+def test_divergence_guard_names_stage_iteration_and_value_and_keeps_the_last_good_state(tmp_path):
+    calls = {"n": 0}
+
+    def batches(n):
+        calls["n"] += 1
+        x, labels = SRC.sample(n)
+        if calls["n"] == 9:
+            x[0, 0] = float("nan")
+        return x, labels
+
+    torch.manual_seed(0)
+    net = build_network({**TINY, "dim": 2})
+    st = store(tmp_path, 4)
+    with pytest.raises(DivergenceError, match=r"teacher diverged at iteration 9: the loss is nan"):
+        train_dsm(net, batches, TRAIN, desc="teacher", store=st)
+    assert [f.name for f in st.files()] == ["state-000000008.pt", "state-000000004.pt"]
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # the step was not applied
+    assert store(tmp_path, 4).begin()["iteration"] == 8
+
+
+def test_infinite_gradient_and_weights_are_caught(tmp_path):
+    torch.manual_seed(0)
+    net = build_network({**TINY, "dim": 2})
+    with torch.no_grad():
+        net.parameters().__next__().mul_(1e38)  # overflows to inf in the first matmul's gradient
+
+    with pytest.raises(DivergenceError, match=r"at iteration 1: the (loss|gradient norm) is (inf|nan)"):
+        train_dsm(net, SRC.sample, TRAIN, desc="teacher")
+    torch.manual_seed(0)
+    net = build_network({**TINY, "dim": 2})
+    with torch.no_grad():
+        next(net.parameters())[0, 0] = float("inf")
+    with pytest.raises(DivergenceError, match=r"at iteration 0: the weight .* is inf"):
+        store(tmp_path, 1).save(0, {}, complete=False, modules=(net,))
+    assert not store(tmp_path, 1).files()
