@@ -33,8 +33,12 @@ lint: install
 viz: install
 	$(KEDRO) viz build
 
+# `make repro` reproduces the base environment's stages; `make repro ENV=toy2d` another environment's
+# (stage distill_env@ENV in dvc.yaml). A bare `dvc repro` reproduces every environment listed there.
+BASE_STAGES := teacher reference degradation backtracking evaluation compare
 repro: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro \
+		$(if $(filter base,$(ENV)),$(BASE_STAGES),distill_env@$(ENV))
 
 # MLflow 3's UI opens an experiment on its GenAI overview unless told otherwise: the URL below asks for the
 # model-training view (runs table), which the browser then remembers.

@@ -50,8 +50,6 @@ def project(tmp_path, monkeypatch) -> ProjectCopy:
     shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    for layer in ("06_models", "07_model_output", "08_reporting"):
-        (dest / "data" / layer).mkdir(parents=True)
     uri = f"sqlite:///{dest / 'mlflow.db'}"
     mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
     mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", uri))

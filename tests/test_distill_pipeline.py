@@ -1,6 +1,7 @@
 """Pipeline slices with an in-memory catalog, and one KedroSession run of ``distill``."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ def _run_slice(enabled: bool):
         "params:degradation": MemoryDataset(DEGRADATION),
         "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled}),
         "params:evaluation": MemoryDataset({"proxy_samples": 200, "grid_samples": 16, "seed": 0}),
+        "params:checkpointing": MemoryDataset({"resume": "never", "dir": tempfile.mkdtemp()}),
     })
     pipe = reference_pipeline() + degradation_pipeline() + backtracking_pipeline()
     SequentialRunner().run(pipe, catalog)
@@ -107,7 +109,7 @@ def _tiny_digits(project, budget: int, eval_every: int) -> None:
 def test_distill_session_run(project):
     _tiny_digits(project, budget=5, eval_every=5)
     project.run("distill")
-    root = project.path / "data"
+    root = project.path / "data" / "base"
     manifest = json.loads((root / "06_models/degradation_path/manifest.json").read_text())
     order = manifest["order"]
     assert len(order) == 3 and order[0] == "000000" and order[-1] == "000004" and order[0] < order[1] < order[2]
@@ -193,5 +195,5 @@ def test_compare_session_nests_one_mlflow_run_per_method(project):
     # stage 1 ran for the DisBack arm only; the report compares the two arms' histories
     assert "compare/stage1_seconds" in children["disback-di-digits-seed0"].data.metrics
     assert children["baseline-di-digits-seed0"].data.metrics["compare/stage1_seconds"] == 0.0
-    report = json.loads((project.path / "data/08_reporting/convergence.json").read_text())
+    report = json.loads((project.path / "data/base/08_reporting/convergence.json").read_text())
     assert report["metric"] == "proxy_fid" and set(report["final_quality"]) == {"baseline", "disback"}

@@ -173,7 +173,7 @@ def test_converted_fixture_teacher_runs_through_distill(project, tmp_path):
     project.edit("base", "parameters_evaluation", evaluation__domain__steps=5, evaluation__n_samples=12,
                  evaluation__grid_samples=4)
     project.run("distill")
-    root = project.path / "data"
+    root = project.path / "data" / "base"
     gen = load_checkpoint(root / "06_models/generator_ema.pt")
     assert gen.config["backbone"] == "songunet" and gen.config["label_dim"] == 10
     assert "model.map_label.weight" in gen.net.state_dict()

@@ -16,12 +16,12 @@ def test_teacher_session_run_logs_to_mlflow(project):
                  teacher__training__batch_size=8, teacher__training__log_every=3,
                  teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
     project.run("teacher")
-    ckpt = load_checkpoint(project.path / "data/06_models/teacher.pt")
+    ckpt = load_checkpoint(project.path / "data/base/06_models/teacher.pt")
     assert ckpt.metadata["step"] == 6 and ckpt.config["img_resolution"] == 8
-    hist = pd.read_csv(project.path / "data/07_model_output/teacher_history.csv")
+    hist = pd.read_csv(project.path / "data/base/07_model_output/teacher_history.csv")
     assert hist["step"].tolist() == list(range(1, 7))
-    assert (project.path / "data/08_reporting/teacher_samples.png").stat().st_size > 1000
-    metrics = json.loads((project.path / "data/08_reporting/teacher_metrics.json").read_text())
+    assert (project.path / "data/base/08_reporting/teacher_samples.png").stat().st_size > 1000
+    metrics = json.loads((project.path / "data/base/08_reporting/teacher_metrics.json").read_text())
     assert metrics["nfe"] == 3 and metrics["samples_per_s"] > 0
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")

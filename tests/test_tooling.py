@@ -115,12 +115,13 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     _set(repo, "evaluation", evaluation__domain__steps=20, evaluation__n_samples=30, evaluation__proxy_samples=20,
          evaluation__grid_samples=4, evaluation__reference_samples=200)
     _commit(repo)
-    first = _dvc(repo, "repro")
+    base = ("compare", "evaluation")  # with their upstream stages: the base environment's chain
+    first = _dvc(repo, "repro", *base)
     for stage in ("teacher", "reference", "degradation", "backtracking", "evaluation", "compare"):
         assert f"Running stage '{stage}'" in first
-    assert (repo / "data/06_models/degradation_path/manifest.json").is_file()
-    assert (repo / "data/08_reporting/convergence.json").is_file()
-    assert "up to date" in _dvc(repo, "repro")
+    assert (repo / "data/base/06_models/degradation_path/manifest.json").is_file()
+    assert (repo / "data/base/08_reporting/convergence.json").is_file()
+    assert "up to date" in _dvc(repo, "repro", *base)
     # a forced re-run of the teacher gives the same weights (DVC hash), so nothing downstream re-runs
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     forced = _dvc(repo, "repro", "--force", "--single-item", "teacher")
@@ -128,9 +129,9 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     relock = yaml.safe_load((repo / "dvc.lock").read_text())
     model = [o for o in lock["stages"]["teacher"]["outs"] if o["path"].endswith("teacher.pt")][0]
     assert [o for o in relock["stages"]["teacher"]["outs"] if o["path"].endswith("teacher.pt")] == [model]
-    assert "up to date" in _dvc(repo, "repro")
+    assert "up to date" in _dvc(repo, "repro", *base)
     _set(repo, "evaluation", evaluation__n_samples=31)
-    third = _dvc(repo, "repro")
+    third = _dvc(repo, "repro", *base)
     assert "Running stage 'evaluation'" in third
     for stage in ("teacher", "reference", "degradation", "backtracking", "compare"):
         assert f"Running stage '{stage}'" not in third

@@ -1,12 +1,18 @@
-"""Project hooks: every stage's settings are checked when a run starts, before anything trains."""
+"""Project hooks: every stage's settings are checked when a run starts, before anything trains; an
+interrupted run continues its MLflow run when started again, and a run stopped by Ctrl-C or SIGTERM ends
+as KILLED."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import signal
 
 from kedro.framework.hooks import hook_impl
 
-from .diffusion.config import validate_parameters
+from .diffusion.config import CheckpointingConfig, from_dict, validate_parameters
+from .resume import RunMarker, params_digest
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +48,90 @@ class ValidateParameters:
     def after_context_created(self, context) -> None:
         built = validate_parameters(context.params)
         log.info("parameters checked: %s", ", ".join(built))
+
+
+class ResumeRun:
+    """The MLflow side of resuming (the training states themselves are the loops' business).
+
+    While a run is in progress, ``<checkpointing.dir>/mlflow_run.json`` names its MLflow run, its pipelines
+    and a digest of its parameters; a successful run removes it. When the same command starts again with
+    ``checkpointing.resume = auto`` (same pipelines, same parameters), the new `kedro run` continues that
+    MLflow run (MLflow's ``MLFLOW_RUN_ID``, set before kedro-mlflow opens its run), so metric curves go on
+    where they stopped. SIGTERM is turned into KeyboardInterrupt, and a run stopped by either ends as KILLED
+    rather than staying RUNNING.
+    """
+
+    def __init__(self):
+        self._marker: RunMarker | None = None
+        self._resume = "auto"
+        self._pipelines: list[str] = []
+        self._digest = ""
+        self._written = False
+        self._interrupted = False
+        self._saved_handlers: dict[int, object] = {}
+        atexit.register(self._end_killed)
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        cfg = from_dict(CheckpointingConfig, context.params.get("checkpointing"), "checkpointing")
+        self._marker, self._resume = RunMarker(cfg.dir), cfg.resume
+        self._digest = params_digest(context.params)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params) -> None:
+        names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
+        self._pipelines, self._written = [names] if isinstance(names, str) else list(names), False
+        if self._marker is not None and self._resume == "auto":
+            run_id = self._marker.resumable_run(self._pipelines, self._digest)
+            if run_id is not None:
+                log.info("continuing MLflow run %s of the interrupted `kedro run` (same pipelines and parameters)",
+                         run_id)
+                os.environ["MLFLOW_RUN_ID"] = run_id
+        self._install_signals()
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        if self._written or self._marker is None:
+            return
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is not None:
+            self._marker.write(run.info.run_id, self._pipelines, self._digest)
+            self._written = True
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._marker is not None:
+            self._marker.clear()
+        self._restore_signals()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._restore_signals()  # the marker stays: the same command continues the run
+
+    def _install_signals(self) -> None:
+        def interrupt(signum, frame):
+            self._interrupted = True
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved_handlers[sig] = signal.signal(sig, interrupt)
+        except ValueError:  # not the main thread: leave signals alone
+            self._saved_handlers = {}
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
+        self._saved_handlers = {}
+
+    def _end_killed(self) -> None:
+        """At exit after Ctrl-C or SIGTERM: end the open MLflow runs as KILLED (MLflow's own exit handler
+        would mark them FINISHED)."""
+        if not self._interrupted:
+            return
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")

@@ -13,11 +13,21 @@ def active() -> bool:
     return mlflow.active_run() is not None
 
 
+def logged_through(key: str) -> int | None:
+    """The highest step at which the active run already holds metric ``key`` (None: no value yet)."""
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(mlflow.active_run().info.run_id, key)
+    return max((m.step for m in history), default=None)
+
+
 class MetricBuffer:
     """Collect per-step metrics and send them to MLflow in batches.
 
     One ``log_batch`` call per ``flush_every`` records keeps the sqlite store
-    from dominating the run time while every step keeps its own value.
+    from dominating the run time while every step keeps its own value. Steps
+    the run already holds are skipped, so that a resumed run (which replays
+    its restored history) never logs a step twice.
     """
 
     def __init__(self, prefix: str = "", flush_every: int = 200):
@@ -25,6 +35,7 @@ class MetricBuffer:
         self.flush_every = flush_every
         self._pending: list = []
         self._enabled = active()
+        self._through: dict[str, int | None] = {}
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self._enabled:
@@ -33,7 +44,12 @@ class MetricBuffer:
 
         now = int(time.time() * 1000)
         for key, value in values.items():
-            self._pending.append(Metric(f"{self.prefix}{key}", float(value), now, int(step)))
+            name = f"{self.prefix}{key}"
+            if name not in self._through:
+                self._through[name] = logged_through(name)
+            if self._through[name] is not None and step <= self._through[name]:
+                continue
+            self._pending.append(Metric(name, float(value), now, int(step)))
         if len(self._pending) >= self.flush_every:
             self.flush()
 
@@ -50,10 +66,18 @@ class MetricBuffer:
 
 
 def log_metrics(values: dict[str, float], step: int | None = None, prefix: str = "") -> None:
+    """Log values at ``step`` (0 when None); a key the run already holds at that step is left as it is."""
     if active():
         import mlflow
 
-        mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items()}, step=step)
+        at = 0 if step is None else int(step)
+        fresh = {}
+        for key, value in values.items():
+            through = logged_through(f"{prefix}{key}")
+            if through is None or through < at:
+                fresh[f"{prefix}{key}"] = float(value)
+        if fresh:
+            mlflow.log_metrics(fresh, step=at)
 
 
 def name_run(name: str) -> None:

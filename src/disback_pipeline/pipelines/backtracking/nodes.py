@@ -13,9 +13,11 @@ from ...diffusion.config import DistillConfig, EvaluationConfig, from_dict
 from ...diffusion.data import make_data_source
 from ...diffusion.disback import distill
 from ...diffusion.path import DegradationPath
+from ...diffusion.state import state_dict_sha256, weights_sha256
 from ...diffusion.training import HISTORY_COLUMNS
 from ...evaluation.quality import FeatureSpec, quality, sample_generator
 from ...reporting import switch_grid_figure
+from ...resume import state_store
 from ...tracking import MetricBuffer, log_dict, log_metrics, name_run
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,21 @@ def _proxy_evaluator(source, feature_extractor: FeatureSpec, reference_stats: di
     return evaluate
 
 
+def path_digest(path: DegradationPath | None) -> list[str]:
+    """Node keys and weight hashes of a path (part of stage 2's training-state fingerprint)."""
+    if path is None:
+        return []
+    return [f"{n.key}:{n.sha256 or state_dict_sha256(n.state_dict)}" for n in path.nodes]
+
+
 def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath, feature_extractor: FeatureSpec,
                      reference_stats: dict, data: dict[str, Any], backtracking: dict[str, Any],
-                     evaluation: dict[str, Any], metric_prefix: str = "backtracking/"):
-    """Shared by ``backtracking`` and ``compare``: returns (result, stage-2 history rows, switch figure)."""
+                     evaluation: dict[str, Any], metric_prefix: str = "backtracking/",
+                     checkpointing: dict[str, Any] | None = None, state_folder: str = "backtracking"):
+    """Shared by ``backtracking`` and ``compare``: returns (result, stage-2 history rows, switch figure).
+
+    The training state is saved every ``backtracking.checkpoint_every`` iterations under
+    ``checkpointing.dir``/``state_folder``."""
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     enabled = cfg.enabled
     if enabled and len(degradation_path.nodes) < 2:
@@ -51,11 +64,8 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
     metrics = MetricBuffer(prefix=metric_prefix)
     ev = from_dict(EvaluationConfig, evaluation, "evaluation")
     n_grid, seed = ev.grid_samples, ev.seed
-    snapshots: list[tuple[int, str, torch.Tensor]] = []
-
     def on_switch(iteration, target, generator):
-        x, _ = sample_generator(generator, source, n_grid if len(source.shape) > 1 else 2000, seed, s_init)
-        snapshots.append((iteration, target, x))
+        return sample_generator(generator, source, n_grid if len(source.shape) > 1 else 2000, seed, s_init)[0]
 
     switches: list[dict] = []
 
@@ -65,15 +75,21 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
             switches.append({k: rec[k] for k in ("iteration", "target", "switch_reason", "score_mismatch")})
             metrics.log(rec["iteration"], {"target_index": len(switches) - 1})
 
-    result = distill(teacher_model, source, degradation_path if enabled else None, cfg,
-                     time_offset=stage1, on_record=on_record, on_switch=on_switch,
+    path = degradation_path if enabled else None
+    store = state_store(checkpointing, state_folder, f"stage 2 ({cfg.method})", cfg.checkpoint_every, data=data,
+                        backtracking=backtracking, evaluation={k: evaluation.get(k) for k in
+                                                              ("proxy_samples", "grid_samples", "seed")},
+                        teacher_sha256=weights_sha256(teacher_model.net), path=path_digest(path),
+                        reference=str(reference_stats.get("hash")))
+    result = distill(teacher_model, source, path, cfg, time_offset=stage1, on_record=on_record,
+                     on_switch=on_switch, store=store,
                      evaluate=_proxy_evaluator(source, feature_extractor, reference_stats, ev, s_init))
     metrics.flush()
     log_dict(switches, f"{metric_prefix}switches.json")
     log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
                 prefix=metric_prefix)
     title = f"{'DisBack' if enabled else 'baseline'}: EMA generator at each change of target"
-    return result, result.history, switch_grid_figure(snapshots, title)
+    return result, result.history, switch_grid_figure(result.switch_samples, title)
 
 
 def join_history(degradation_history: pd.DataFrame, stage2_rows: list[dict], enabled: bool) -> pd.DataFrame:
@@ -85,7 +101,8 @@ def join_history(degradation_history: pd.DataFrame, stage2_rows: list[dict], ena
 
 def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath,
                       degradation_history: pd.DataFrame, feature_extractor: FeatureSpec, reference_stats: dict,
-                      data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any]):
+                      data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any],
+                      checkpointing: dict[str, Any] | None = None):
     """Score distillation of the one-step generator (DisBack, or the baseline when disabled).
 
     Returns the raw and EMA generator checkpoints, the full training history
@@ -95,5 +112,5 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     name_run(f"{cfg.method}-{cfg.loss}-{data.get('source')}-seed{cfg.seed}")
     result, rows, figure = run_distillation(teacher_model, degradation_path, feature_extractor, reference_stats,
-                                            data, backtracking, evaluation)
+                                            data, backtracking, evaluation, checkpointing=checkpointing)
     return result.generator, result.generator_ema, join_history(degradation_history, rows, cfg.enabled), figure

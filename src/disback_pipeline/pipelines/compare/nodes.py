@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ...diffusion.checkpoint import Checkpoint
+from ...diffusion.config import CheckpointingConfig, from_dict
 from ...diffusion.data import make_data_source
 from ...evaluation.convergence import speedup_report
 from ...evaluation.quality import FeatureSpec, headline_metric
 from ...reporting import plot_curves, two_panel_figure
+from ...resume import RunMarker
 from ...tracking import active, log_metrics
 from ..backtracking.nodes import join_history, run_distillation
 from ..degradation.nodes import record_degradation_path
@@ -22,29 +25,60 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _nested_run(name: str, params: dict[str, Any]):
-    """A child MLflow run (so the UI's compare view lists both methods) when tracking is on."""
+def _nested_run(name: str, params: dict[str, Any], marker: RunMarker):
+    """A child MLflow run (so the UI's compare view lists both methods) when tracking is on.
+
+    A resumed parent run continues its child (the child's id is kept in ``marker``); a child stopped by
+    Ctrl-C or SIGTERM ends as KILLED, one stopped by an error as FAILED.
+    """
     if not active():
         yield
         return
     import mlflow
 
-    with mlflow.start_run(run_name=name, nested=True):
-        mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, dict)})
+    parent = mlflow.active_run().info.run_id
+    known = (marker.read() or {}).get("run_id")
+    resume = known if known and _child_of(known, parent) else None
+    run = mlflow.start_run(run_id=resume, run_name=None if resume else name, nested=True)
+    marker.write(run.info.run_id, [name], parent)
+    try:
+        if resume is None:
+            mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, dict)})
         yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
+
+
+def _child_of(run_id: str, parent: str) -> bool:
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId") == parent
+    except Exception:  # deleted, or another store
+        return False
 
 
 def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, reference_stats: dict,
                data: dict[str, Any], degradation: dict[str, Any], backtracking: dict[str, Any],
-               evaluation: dict[str, Any], method: dict[str, Any]):
-    """One arm of the comparison: the shared settings with ``method.enabled`` on or off."""
+               evaluation: dict[str, Any], method: dict[str, Any], checkpointing: dict[str, Any] | None = None):
+    """One arm of the comparison: the shared settings with ``method.enabled`` on or off. Its training states
+    live under ``checkpointing.dir``/compare/<arm>/."""
     settings = {**backtracking, "enabled": bool(method["enabled"])}
     arm = "disback" if settings["enabled"] else "baseline"
     name = f"{arm}-{settings['loss']}-{data['source']}-seed{settings['seed']}"
-    with _nested_run(name, {**settings, "data": data.get("source")}):
-        path, deg_history = record_degradation_path(teacher_model, data, degradation, settings)
+    folder = f"compare/{arm}"
+    marker = RunMarker(Path(from_dict(CheckpointingConfig, checkpointing or {}, "checkpointing").dir) / folder)
+    with _nested_run(name, {**settings, "data": data.get("source")}, marker):
+        path, deg_history = record_degradation_path(teacher_model, data, degradation, settings, checkpointing,
+                                                    f"{folder}/degradation")
         result, rows, fig = run_distillation(teacher_model, path, feature_extractor, reference_stats, data,
-                                             settings, evaluation, metric_prefix="compare/")
+                                             settings, evaluation, metric_prefix="compare/",
+                                             checkpointing=checkpointing, state_folder=f"{folder}/backtracking")
     return result.generator_ema, join_history(deg_history, rows, settings["enabled"]), fig
 
 

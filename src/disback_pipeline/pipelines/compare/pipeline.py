@@ -7,12 +7,13 @@ from ..teacher import create_pipeline as teacher
 from .nodes import convergence_report, run_method
 
 SHARED_INPUTS = ("teacher_model", "feature_extractor", "reference_stats")
-SHARED_PARAMS = ("params:data", "params:degradation", "params:backtracking", "params:evaluation")
+SHARED_PARAMS = ("params:data", "params:degradation", "params:backtracking", "params:evaluation",
+                 "params:checkpointing")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     template = Pipeline([
-        Node(run_method, [*SHARED_INPUTS, *SHARED_PARAMS, "params:method"],
+        Node(run_method, [*SHARED_INPUTS, *SHARED_PARAMS[:-1], "params:method", SHARED_PARAMS[-1]],
              ["generator_ema_model", "history", "switch_grids_plot"], name="run_method"),
     ])
     arms = [

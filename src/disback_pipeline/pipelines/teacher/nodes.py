@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -15,13 +16,16 @@ from ...diffusion.teacher import load_teacher, pretrain_teacher
 from ...evaluation.metrics import mean_nll, mode_stats
 from ...evaluation.quality import sample_teacher
 from ...reporting import samples_figure
+from ...resume import state_store
 from ...tracking import MetricBuffer, log_metrics
 
 log = logging.getLogger(__name__)
 
-def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tuple[Checkpoint, pd.DataFrame]:
+def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any],
+                          checkpointing: dict[str, Any] | None = None) -> tuple[Checkpoint, pd.DataFrame]:
     """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``
-    (our checkpoint, or an EDM snapshot ``.pkl`` read without executing its code).
+    (our checkpoint, or an EDM snapshot ``.pkl`` read without executing its code). Pre-training saves its
+    state every ``teacher.training.checkpoint_every`` steps and continues from it after a kill.
 
     Returns:
         The teacher checkpoint and its per-step training history (empty when loaded).
@@ -33,8 +37,11 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any]) -> tupl
         log.info("loaded teacher from %s (%s)", cfg.checkpoint_path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
     metrics = MetricBuffer(prefix="teacher/")
+    store = state_store(checkpointing, "teacher", "teacher pre-training", cfg.training.checkpoint_every, data=data,
+                        network=cfg.network, training=dataclasses.asdict(cfg.training), seed=cfg.seed, bf16=cfg.bf16)
     ckpt, history = pretrain_teacher(make_data_source(data), cfg.network, cfg.training, cfg.seed, cfg.device,
-                                     cfg.bf16, on_step=lambda step, rec: metrics.log(step, {"loss": rec["loss"]}))
+                                     cfg.bf16, on_step=lambda step, rec: metrics.log(step, {"loss": rec["loss"]}),
+                                     store=store)
     metrics.flush()
     return ckpt, pd.DataFrame(history)
 

@@ -1,0 +1,82 @@
+"""Resuming runs: each stage's training-state store, and the MLflow run a resumed `kedro run` continues.
+
+The nodes build a :class:`~disback_pipeline.diffusion.state.StateStore` per
+loop with :func:`state_store`. The project hook (:mod:`.hooks`) keeps a
+marker, ``<checkpointing.dir>/mlflow_run.json``, while a run is in progress;
+when the same command starts again with the same parameters after a kill, it
+asks MLflow to continue that run instead of opening a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .diffusion.config import CheckpointingConfig, from_dict
+from .diffusion.state import StateStore, fingerprint
+
+log = logging.getLogger(__name__)
+
+MARKER = "mlflow_run.json"
+
+
+def _run_id() -> str | None:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return None
+    run = mlflow.active_run()
+    return None if run is None else run.info.run_id
+
+
+def state_store(checkpointing: dict[str, Any] | None, folder: str, stage: str, every: int,
+                **inputs: Any) -> StateStore:
+    """The store of one loop's states under ``checkpointing.dir``/``folder``; ``inputs`` (settings, weight
+    hashes) make its fingerprint."""
+    cfg = from_dict(CheckpointingConfig, checkpointing or {}, "checkpointing")
+    return StateStore(Path(cfg.dir) / folder, stage, every, fingerprint(**inputs), cfg.keep, cfg.resume,
+                      run_id=_run_id())
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RunMarker:
+    """``<dir>/mlflow_run.json``: the MLflow run of an unfinished `kedro run` and what it ran."""
+
+    def __init__(self, folder: str | Path):
+        self.file = Path(folder) / MARKER
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write(self, run_id: str, pipelines: list[str], digest: str) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": run_id, "pipelines": pipelines, "params": digest}, indent=2))
+        os.replace(tmp, self.file)
+
+    def clear(self) -> None:
+        self.file.unlink(missing_ok=True)
+
+    def resumable_run(self, pipelines: list[str], digest: str) -> str | None:
+        """The run id to continue: the marker's, when it names the same pipelines and parameters and the run
+        still exists (not deleted) in the store."""
+        marker = self.read()
+        if not marker or marker.get("pipelines") != pipelines or marker.get("params") != digest:
+            return None
+        import mlflow
+
+        try:
+            run = mlflow.MlflowClient().get_run(marker["run_id"])
+        except Exception:  # deleted for good, or another store
+            return None
+        return None if run.info.lifecycle_stage == "deleted" else run.info.run_id

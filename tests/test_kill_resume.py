@@ -1,0 +1,177 @@
+"""Kill `kedro run` for real (SIGKILL) during teacher pre-training, stage 1 and stage 2, run the same command
+again, and compare with an uninterrupted run: weights equal under torch.equal, history rows equal in every
+column but wall-clock, one MLflow run with no metric step logged twice. SIGTERM ends the MLflow runs KILLED."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from disback_pipeline.diffusion.checkpoint import read_payload
+
+ROOT = Path(__file__).resolve().parents[1]
+KEDRO = Path(sys.executable).parent / "kedro"
+ENV = "toy2d"
+OUT = Path("data") / ENV
+STATES = OUT / "09_training_state"
+SMALL = {  # toy2d with every stage small, and a training state every 10 iterations
+    "parameters_teacher": {"teacher": {"network": {"mlp": {"width": 64, "num_blocks": 2, "emb_dim": 32}},
+                                       "training": {"steps": 500, "batch_size": 128, "warmup_steps": 20,
+                                                    "log_every": 0, "checkpoint_every": 10},
+                                       "sampler": {"num_samples": 500, "nfe": 9}}},
+    "parameters_degradation": {"degradation": {"k1": 300, "candidates": 12, "probe_size": 128, "batch_size": 64,
+                                               "checkpoint_every": 10}},
+    "parameters_backtracking": {"backtracking": {"budget": 300, "k2": 25, "batch_size": 64, "eval_every": 50,
+                                                 "log_every": 0, "checkpoint_every": 10}},
+    "parameters_evaluation": {"evaluation": {"reference_samples": 1000, "n_samples": 1000, "batch_size": 1000,
+                                             "proxy_samples": 200, "grid_samples": 200}},
+}
+pytestmark = pytest.mark.slow
+
+
+def _copy(dest: Path) -> dict[str, str]:
+    """A project copy with the small toy2d settings; returns the environment its commands run with."""
+    dest.mkdir(parents=True)
+    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
+    (dest / "conf" / "local").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    for name, override in SMALL.items():
+        file = dest / "conf" / ENV / f"{name}.yml"
+        merged = yaml.safe_load(file.read_text())
+        for section, values in override.items():
+            _merge(merged.setdefault(section, {}), values)
+        file.write_text(yaml.safe_dump(merged))
+    uri = f"sqlite:///{dest / 'mlflow.db'}"
+    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", uri))
+    # one thread: results are bit-identical between processes only at equal thread counts
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1",
+            "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def _merge(node: dict, values: dict) -> None:
+    for k, v in values.items():
+        if isinstance(v, dict):
+            _merge(node.setdefault(k, {}), v)
+        else:
+            node[k] = v
+
+
+def _run(repo: Path, env: dict, pipeline: str = "distill") -> None:
+    out = subprocess.run([str(KEDRO), "run", f"--pipelines={pipeline}", f"--env={ENV}"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+def _iteration(file: Path) -> int:
+    return int(file.stem.split("-")[1])
+
+
+def _run_and_stop(repo: Path, env: dict, folder: str, after: int, sig=signal.SIGKILL, pipeline="distill"):
+    """Start the pipeline and send ``sig`` once ``folder`` holds a state past iteration ``after``."""
+    proc = subprocess.Popen([str(KEDRO), "run", f"--pipelines={pipeline}", f"--env={ENV}"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    states = repo / STATES / folder
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        files = sorted(states.glob("state-*.pt"))
+        if files and _iteration(files[-1]) >= after:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.005)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode != 0, f"the run ended before it was stopped in {folder}: {err[-2000:]}"
+    newest = torch.load(sorted(states.glob("state-*.pt"))[-1], weights_only=True)
+    assert not newest["complete"], f"{folder} had finished when the signal came: stop earlier"
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("uninterrupted") / "project"
+    _run(repo, _copy(repo))
+    return repo
+
+
+def _weights(file: Path) -> dict[str, torch.Tensor]:
+    return read_payload(file)["state_dict"]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{a.name}: {k} differs"
+
+
+def _same_rows(a: Path, b: Path) -> None:
+    ta, tb = (pd.read_csv(f).drop(columns=["wall_clock_s"]) for f in (a, b))
+    pd.testing.assert_frame_equal(ta, tb, check_exact=True)
+
+
+def _compare(repo: Path, ref: Path) -> None:
+    for name in ("teacher.pt", "generator.pt", "generator_ema.pt"):
+        _same_weights(ref / OUT / "06_models" / name, repo / OUT / "06_models" / name)
+    nodes = sorted((ref / OUT / "06_models/degradation_path").glob("step_*.pt"))
+    assert [n.name for n in nodes] == sorted(n.name for n in (repo / OUT / "06_models/degradation_path").glob("*.pt"))
+    for node in nodes:
+        _same_weights(node, repo / OUT / "06_models/degradation_path" / node.name)
+    for table in ("07_model_output/teacher_history.csv", "07_model_output/degradation_history.csv",
+                  "08_reporting/backtracking_history.csv"):
+        _same_rows(ref / OUT / table, repo / OUT / table)
+
+
+def _runs(repo: Path, env: dict):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("disback_pipeline")
+    return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.parametrize("folder, after", [("teacher", 100), ("degradation", 60), ("backtracking", 60)],
+                         ids=["teacher", "stage1", "stage2"])
+def test_sigkill_then_same_command_ends_as_the_uninterrupted_run(tmp_path, uninterrupted, folder, after):
+    repo = tmp_path / "project"
+    env = _copy(repo)
+    code, _ = _run_and_stop(repo, env, folder, after)
+    assert code == -signal.SIGKILL
+    _run(repo, env)
+    _compare(repo, uninterrupted)
+    client, runs = _runs(repo, env)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was continued, not replaced
+    run_id = runs[0].info.run_id
+    for metric, n in (("teacher/loss", 500), ("degradation/dsm_loss", 300), ("backtracking/loss_generator", 300)):
+        steps = [m.step for m in client.get_metric_history(run_id, metric)]
+        assert sorted(steps) == list(range(1, n + 1)), metric  # every step once
+    assert not (repo / STATES / "mlflow_run.json").exists()
+
+
+def test_sigterm_ends_compare_runs_killed_and_the_same_command_continues_them(tmp_path):
+    repo = tmp_path / "project"
+    env = _copy(repo)
+    code, err = _run_and_stop(repo, env, "compare/disback/backtracking", 30, sig=signal.SIGTERM, pipeline="compare")
+    assert code != 0 and "SIGTERM" in err
+    client, runs = _runs(repo, env)
+    status = {r.info.run_name: r.info.status for r in runs}
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].info.status == "KILLED", status
+    assert status[[n for n in status if n.startswith("disback-")][0]] == "KILLED", status
+    assert status[[n for n in status if n.startswith("baseline-")][0]] == "FINISHED", status
+    _run(repo, env, "compare")
+    client, runs = _runs(repo, env)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # same parent, same two arms
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent[0].info.run_id]
+    arm = [r for r in runs if r.info.run_name.startswith("disback-")][0]
+    steps = [m.step for m in client.get_metric_history(arm.info.run_id, "compare/loss_generator")]
+    assert sorted(steps) == list(range(1, 301))
