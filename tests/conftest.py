@@ -39,8 +39,16 @@ class ProjectCopy:
         from kedro.framework.session import KedroSession
 
         configure_project("disback_pipeline")
-        with KedroSession.create(project_path=self.path, env=env) as session:
-            return session.run(pipeline_names=[pipeline])
+        import mlflow
+
+        try:
+            with KedroSession.create(project_path=self.path, env=env) as session:
+                return session.run(pipeline_names=[pipeline])
+        finally:
+            # in one process MLflow's fluent API keeps the finished (or failed) run on its stack; a `kedro run`
+            # from the shell is a process of its own, so end it here to make the next run a fresh one
+            while mlflow.active_run():
+                mlflow.end_run(mlflow.get_run(mlflow.active_run().info.run_id).info.status)
 
 
 @pytest.fixture

@@ -50,3 +50,39 @@ def test_teacher_load_mode(tmp_path):
         train_or_load_teacher({}, {"mode": "load"})
     with pytest.raises(ValueError, match="teacher.mode must be one of pretrain | load, got 'finetune'"):
         train_or_load_teacher({}, {"mode": "finetune"})
+
+
+def test_nan_in_a_run_stops_it_failed_and_keeps_outputs_and_the_last_good_state(project, monkeypatch):
+    """The divergence guard inside `kedro run`: a NaN batch after step 7 of a retrain."""
+    from disback_pipeline.diffusion.data import TensorImages
+
+    tiny = dict(teacher__network=TINY_UNET, teacher__training__batch_size=8, teacher__training__log_every=0,
+                teacher__training__checkpoint_every=3, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.edit("base", "parameters_teacher", teacher__training__steps=6, **tiny)
+    project.run("teacher")
+    teacher_file = project.path / "data/base/06_models/teacher.pt"
+    before = teacher_file.read_bytes()
+
+    project.edit("base", "parameters_teacher", teacher__training__steps=12)  # new settings: trains afresh
+    real, calls = TensorImages.sample, {"n": 0}
+
+    def poisoned(self, n, generator=None):
+        calls["n"] += 1
+        x, labels = real(self, n, generator)
+        return (x * float("nan"), labels) if calls["n"] == 8 else (x, labels)
+
+    monkeypatch.setattr(TensorImages, "sample", poisoned)
+    with pytest.raises(Exception, match=r"teacher pre-training diverged at iteration 8: the loss is nan"):
+        project.run("teacher")
+    assert teacher_file.read_bytes() == before  # the earlier output is untouched
+    states = sorted((project.path / "data/base/09_training_state/teacher").glob("state-*.pt"))
+    assert [s.name for s in states] == ["state-000000003.pt", "state-000000006.pt"]  # the last good ones
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("disback_pipeline")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == "FAILED"
+
+    monkeypatch.setattr(TensorImages, "sample", real)  # the cause removed, the same command continues from 6
+    project.run("teacher")
+    hist = pd.read_csv(project.path / "data/base/07_model_output/teacher_history.csv")
+    assert hist["step"].tolist() == list(range(1, 13)) and hist["loss"].notna().all()
