@@ -48,7 +48,12 @@ def load_state_strict(net: torch.nn.Module, state_dict: dict, source: str) -> No
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{source}: {exc}") from exc
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        raise CheckpointError(
+            f"{source}: the weights do not fit the network its config describes ({len(lines)} size mismatches, "
+            f"first: {lines[0] if lines else exc}). Was it saved from a different architecture or for other data? "
+            "Re-create it, or point the parameter at a file that matches."
+        ) from exc
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -87,7 +92,9 @@ def read_payload(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors of many kinds
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({exc}); restore it "
+                              "(`dvc checkout`, or copy it again) or re-create it by re-running the pipeline "
+                              "that writes it") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a disback-pipeline checkpoint (no '{FORMAT}' header). EDM snapshot "

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+
+log = logging.getLogger(__name__)
 
 
 class DataSourceError(ValueError):
@@ -153,8 +158,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 def load_image_folder(path: str | Path, resolution: int, channels: int = 3, conditional: bool = False) -> TensorImages:
     """All PNG/JPEG files under ``path`` (recursively), resized and centre-cropped.
 
-    When every image sits in a first-level sub-folder, the sorted sub-folder
-    names are the classes (needed for ``conditional`` and the ``domain`` extractor).
+    Accepted: any size (the short side is resized to ``resolution``, then the
+    centre is cropped) and any colour mode (grey, RGB, RGBA, palette: converted
+    to ``channels``). A file with an image suffix that is not an image fails,
+    naming it. When every image sits in a first-level sub-folder, the sorted
+    sub-folder names are the classes (needed for ``conditional`` and the
+    ``domain`` extractor).
     """
     from PIL import Image
 
@@ -172,10 +181,19 @@ def load_image_folder(path: str | Path, resolution: int, channels: int = 3, cond
     if resolution < 1:
         raise DataSourceError(f"image_folder: resolution must be >= 1, got {resolution}")
     mode = "L" if channels == 1 else "RGB"
-    arrays = []
+    arrays, converted, resized = [], 0, 0
     for f in files:
-        with Image.open(f) as img:
-            arrays.append(np.asarray(_resize_center_crop(img.convert(mode), resolution)))
+        try:
+            with Image.open(f) as img:
+                converted += img.mode != mode
+                resized += img.size != (resolution, resolution)
+                arrays.append(np.asarray(_resize_center_crop(img.convert(mode), resolution)))
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise DataSourceError(f"image_folder: {f} is not a readable image ({exc}); remove it from {root} "
+                                  "or replace it with a PNG/JPEG file") from exc
+    if converted or resized:
+        log.info("image_folder %s: %d of %d images converted to %s, %d resized/cropped to %dx%d", root, converted,
+                 len(files), mode, resized, resolution, resolution)
     x = torch.as_tensor(np.stack(arrays), dtype=torch.float32)
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
     labels, num_classes = None, 0

@@ -126,10 +126,18 @@ def read_snapshot(path: str | Path, key: str = "ema") -> tuple[dict[str, Any], d
             "nothing is downloaded at run time."
         )
     with open(path, "rb") as fh:
-        data = _RestrictedUnpickler(fh).load()
+        try:
+            data = _RestrictedUnpickler(fh).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path}: not a pickle, or a truncated one ({exc}); copy the EDM network-snapshot "
+                             ".pkl again, or point teacher.checkpoint_path at one of our .pt checkpoints") from exc
     if not isinstance(data, dict) or key not in data:
         raise ValueError(f"{path}: expected an EDM snapshot dict with key {key!r}, "
-                         f"found {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+                         f"found {sorted(data) if isinstance(data, dict) else type(data).__name__}; "
+                         "teacher.checkpoint_path must name an EDM network-snapshot-*.pkl or one of our .pt "
+                         "checkpoints")
     record = data[key]
     if not isinstance(record, _PersistentRecord):
         raise ValueError(f"{path}: {key!r} is not an EDM persistent network record")

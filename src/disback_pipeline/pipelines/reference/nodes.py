@@ -40,7 +40,10 @@ def build_reference_stats(feature_extractor: FeatureSpec, data: dict[str, Any],
         n = n or 10000  # exact samples: 0 (the whole set) has no meaning for a density
         x, _ = source.sample(n, torch.Generator().manual_seed(cfg.seed + 1000))
     else:
-        x = source.images if n <= 0 or n >= len(source.images) else source.images[:n]
+        if n > len(source.images):
+            raise ValueError(f"evaluation.reference_samples = {n}, but the data ({source.name}) hold only "
+                             f"{len(source.images)} images; set it to {len(source.images)} or fewer (0 = the whole set)")
+        x = source.images if n <= 0 else source.images[:n]
     stats = reference_statistics(feature_extractor.extract(x))
     log.info("reference statistics of %d samples, hash %s", int(stats["n"]), str(stats["hash"])[:12])
     return stats
