@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 KEDRO  := $(VENV)/bin/kedro
 PIPELINE ?= __default__
 ENV    ?= base
+KEDRO_ARGS ?=
 
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
@@ -22,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(KEDRO) run --pipelines=$(PIPELINE) --env=$(ENV)
+	$(KEDRO) run --pipelines=$(PIPELINE) --env=$(ENV) $(KEDRO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

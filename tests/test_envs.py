@@ -1,8 +1,10 @@
 """Every Kedro environment resolves, and the large-scale ones fail clearly without their files."""
 
+import io
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from kedro.config import OmegaConfigLoader
 
@@ -73,3 +75,46 @@ def test_edm_env_names_missing_files(env, tmp_path, monkeypatch):
         train_or_load_teacher(params["data"], params["teacher"])
     with pytest.raises(Exception, match=r"not found under|does not exist"):
         build_feature_extractor(params["data"], params["evaluation"])
+
+
+@pytest.mark.slow
+def test_environments_write_their_own_trees_and_a_rerun_reuses_finished_stages(project):
+    """toy2d, then base, then toy2d again: each environment keeps its outputs; the second toy2d run trains
+    nothing (its finished training states are reused) and ends with the same weights."""
+    import json
+
+    project.edit("toy2d", "parameters_teacher", teacher__training__steps=40, teacher__sampler__num_samples=200,
+                 teacher__network__mlp__width=32)
+    project.edit("toy2d", "parameters_degradation", degradation__k1=20, degradation__candidates=5,
+                 degradation__probe_size=64)
+    project.edit("toy2d", "parameters_backtracking", backtracking__budget=20, backtracking__k2=4,
+                 backtracking__eval_every=10)
+    project.edit("toy2d", "parameters_evaluation", evaluation__reference_samples=500, evaluation__n_samples=500,
+                 evaluation__batch_size=500, evaluation__proxy_samples=100, evaluation__grid_samples=100)
+    project.edit("base", "parameters_teacher", teacher__network__unet__model_channels=8, teacher__training__steps=4,
+                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.run("distill", env="toy2d")
+    toy = project.path / "data/toy2d"
+    first = {p: p.read_bytes() for p in (toy / "06_models").rglob("*.pt")}
+    states = {p: p.stat().st_mtime_ns for p in (toy / "09_training_state").rglob("state-*.pt")}
+    metrics = json.loads((toy / "08_reporting/metrics.json").read_text())
+    project.run("teacher", env="base")
+    assert (project.path / "data/base/06_models/teacher.pt").is_file()
+    assert {p: p.read_bytes() for p in (toy / "06_models").rglob("*.pt")} == first  # base wrote nothing there
+    project.run("distill", env="toy2d")
+    assert {p: p.stat().st_mtime_ns for p in (toy / "09_training_state").rglob("state-*.pt")} == states
+    for file, content in first.items():  # the same weights again
+        a = torch.load(io.BytesIO(content), weights_only=True).get("state_dict", {})
+        b = torch.load(file, weights_only=True).get("state_dict", {})
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
+    assert any(file.name == "teacher.pt" for file in first)
+    again = json.loads((toy / "08_reporting/metrics.json").read_text())
+    assert _quality(again) == _quality(metrics)
+
+
+def _quality(metrics: dict) -> dict:
+    """metrics.json without its timings."""
+    if isinstance(metrics, dict):
+        return {k: _quality(v) for k, v in metrics.items()
+                if not any(t in k for t in ("per_s", "seconds", "throughput"))}
+    return metrics
