@@ -127,8 +127,8 @@ CASES = {
     "checkpoint of another architecture": (other_architecture, r"teacher.pt: the weights do not fit the network its "
                                                                r"config describes \(13 size mismatches.*different "
                                                                r"architecture"),
-    "checkpoint for other data": (other_data_shape, r"built for data of shape \(2,\).*\(1, 8, 8\).*run the teacher "
-                                                    r"pipeline for this environment"),
+    "checkpoint for other data": (other_data_shape, r"built for data of shape \(2,\).*\(1, 8, 8\).*Point "
+                                                    r"teacher.checkpoint_path at a teacher for these data"),
     "manifest names a missing node": (manifest_missing_node, r"manifest lists step_.*\.pt but the file is missing; "
                                                              r"re-run the degradation pipeline"),
     "node sha256 differs": (manifest_sha_mismatch, r"step_.*\.pt: sha256 differs from the manifest.*dvc checkout"),

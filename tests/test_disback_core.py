@@ -167,7 +167,7 @@ def test_evaluation_runs_on_its_own_interval_and_off_the_clock():
 
 
 def test_teacher_for_other_data_is_refused_clearly():
-    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*has shape \(1, 8, 8\).*run the teacher"):
+    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*has shape \(1, 8, 8\).*Point teacher.checkpoint_path at a teacher for these data, or train one"):
         distill(_teacher(), load_digits_source(), None, CFG)
 
 
@@ -213,10 +213,10 @@ def test_teacher_for_other_data_is_refused_in_stage_one_and_evaluation():
     from disback_pipeline.pipelines.evaluation.nodes import evaluate_models
 
     digits = load_digits_source()
-    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*run the teacher"):
+    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*Point teacher.checkpoint_path at a teacher for these data, or train one"):
         _record(_teacher(), digits, k1=4, n_nodes=2, lr=1e-2, batch_size=8, seed=0)
     gen = _teacher()
     gen.metadata["s_init"] = 2.5
-    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*run the teacher"):
+    with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*Point teacher.checkpoint_path at a teacher for these data, or train one"):
         evaluate_models(_teacher(), gen, FeatureSpec("none"), {}, None, {"source": "digits"},
                         {"sampler": {"nfe": 3}}, {"n_samples": 8})

@@ -177,7 +177,8 @@ def load_image_folder(path: str | Path, resolution: int, channels: int = 3, cond
         raise DataSourceError(f"image_folder: channels must be 1 or 3, got {channels}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataSourceError(f"image_folder: no .png/.jpg/.jpeg files found under {root}")
+        raise DataSourceError(f"image_folder: no .png/.jpg/.jpeg files found under {root}; put the images there "
+                              "(sub-folders become class labels) or set data.path to the folder that holds them")
     if resolution < 1:
         raise DataSourceError(f"image_folder: resolution must be >= 1, got {resolution}")
     mode = "L" if channels == 1 else "RGB"

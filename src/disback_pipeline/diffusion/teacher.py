@@ -76,17 +76,14 @@ def load_teacher(path: str) -> Checkpoint:
 
 
 def check_teacher_fits(config: dict[str, Any], source: DataSource, where: str = "teacher") -> None:
-    """Fail clearly when a network was built for other data than ``source``.
-
-    Every environment writes to the same data/ paths, so a teacher trained under
-    one env can meet another env's data; the shapes tell them apart.
-    """
+    """Fail clearly when a network was built for other data than ``source`` (a loaded teacher, or a
+    checkpoint copied from another environment's tree); the shapes tell them apart."""
     shape = (config["dim"],) if "dim" in config else (config.get("in_channels"), config.get("img_resolution"),
                                                      config.get("img_resolution"))
     if tuple(shape) != tuple(source.shape) or int(config.get("label_dim", 0)) != source.label_dim:
         raise ValueError(
             f"the {where} was built for data of shape {tuple(shape)} with label_dim {config.get('label_dim', 0)}, "
             f"but the data ({source.name}) has shape {tuple(source.shape)} and label_dim {source.label_dim}. "
-            "Environments share the data/ folder: run the teacher pipeline for this environment first "
-            "(e.g. `kedro run --pipelines=distill --env ENV` without --only-missing-outputs)."
+            "Point teacher.checkpoint_path at a teacher for these data, or train one: `kedro run --pipelines=distill "
+            "--env ENV` (each environment keeps its own teacher under data/<env>/)."
         )
