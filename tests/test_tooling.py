@@ -104,9 +104,7 @@ def _dvc(repo: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     repo = _git_copy(tmp_path)
-    tiny_unet = {"backbone": "unet", "sigma_data": 0.5, "model_channels": 8, "channel_mult": [1, 2],
-                 "num_blocks": 1, "attn_resolutions": [4], "dropout": 0.0}
-    _set(repo, "teacher", teacher__network=tiny_unet, teacher__training__steps=4, teacher__training__batch_size=8,
+    _set(repo, "teacher", teacher__network__unet__model_channels=8, teacher__training__steps=4, teacher__training__batch_size=8,
          teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
     _set(repo, "degradation", degradation__k1=4, degradation__n_nodes=2, degradation__batch_size=4,
          degradation__candidates=4, degradation__probe_size=8)
@@ -137,3 +135,30 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
         assert f"Running stage '{stage}'" not in third
     metrics = _dvc(repo, "metrics", "show")
     assert "metrics.json" in metrics and "convergence.json" in metrics
+    # another environment: one stage, its own output tree; base's outputs and lock entries stay as they were
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for name, updates in {"teacher": {"training": {"steps": 30}, "sampler": {"num_samples": 100}},
+                          "degradation": {"k1": 10, "candidates": 4, "probe_size": 32},
+                          "backtracking": {"budget": 10, "k2": 3, "eval_every": 5},
+                          "evaluation": {"reference_samples": 300, "n_samples": 300, "batch_size": 300,
+                                         "proxy_samples": 100, "grid_samples": 100}}.items():
+        file = repo / "conf" / "toy2d" / f"parameters_{name}.yml"
+        cfg = yaml.safe_load(file.read_text())
+        _deep_update(cfg[name], updates)
+        file.write_text(yaml.safe_dump(cfg))
+    _commit(repo)
+    toy = _dvc(repo, "repro", "distill_env@toy2d")
+    assert "Running stage 'distill_env@toy2d'" in toy and "Running stage 'teacher'" not in toy
+    assert (repo / "data/toy2d/06_models/generator_ema.pt").is_file()
+    assert json.loads((repo / "data/toy2d/08_reporting/metrics.json").read_text())["headline_metric"] == "reverse_kl"
+    relock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert all(relock[k] == v for k, v in lock.items())
+    assert "up to date" in _dvc(repo, "repro", "distill_env@toy2d", *base)
+
+
+def _deep_update(node: dict, updates: dict) -> None:
+    for k, v in updates.items():
+        if isinstance(v, dict):
+            _deep_update(node.setdefault(k, {}), v)
+        else:
+            node[k] = v

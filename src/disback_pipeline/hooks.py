@@ -25,6 +25,10 @@ class MarkExperiment:
         self._done = False
 
     @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._done = False  # one hook object serves every session of a process (and their stores)
+
+    @hook_impl
     def before_node_run(self) -> None:
         if self._done:
             return

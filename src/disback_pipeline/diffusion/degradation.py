@@ -83,7 +83,8 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
     if state is not None:
         degraded.load_state_dict(state["modules"]["degraded"])
         opt.load_state_dict(state["optimizer"])
-        snapshots, history = dict(state["snapshots"]), list(state["history"])
+        snapshots.update({step: store.get_blob(f"snapshot-{step:09d}") for step in state["snapshot_steps"]})
+        history = list(state["history"])
         first, start = state["iteration"] + 1, time.perf_counter() - float(state["clock"])
         for rec in history if on_record is not None else ():
             on_record(rec)
@@ -96,6 +97,8 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
                               where=("stage 1 (degradation recording)", step))
             if step in snap_steps:
                 snapshots[step] = _cpu_state(degraded)
+                if store is not None:
+                    store.put_blob(f"snapshot-{step:09d}", snapshots[step])
             if step % cfg.record_every == 0 or step == cfg.k1:
                 rec = {"iteration": step, "wall_clock_s": time.perf_counter() - start, "stage": "degradation",
                        "target": "-", "switch_reason": "", "loss_generator": float("nan"),
@@ -108,7 +111,7 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
                 status(step, dsm_loss=loss.item())
             if store is not None and store.due(step, cfg.k1):
                 store.save(step, {"modules": {"degraded": degraded.state_dict()}, "optimizer": opt.state_dict(),
-                                  "snapshots": snapshots, "history": history,
+                                  "snapshot_steps": sorted(s for s in snapshots if s > 0), "history": history,
                                   "clock": time.perf_counter() - start}, complete=step == cfg.k1, modules=(degraded,))
     return snapshots, history, start
 

@@ -190,6 +190,21 @@ class StateStore:
                      len(old), self.folder)
             for file in old:
                 file.unlink()
+        shutil.rmtree(self.folder / "blobs", ignore_errors=True)
+
+    def put_blob(self, name: str, obj: Any) -> None:
+        """Write a large piece of state once (stage 1's snapshots), outside the state files: a state then
+        names its blobs instead of carrying them, so states stay small however many snapshots there are."""
+        atomic_torch_save(obj, self.folder / "blobs" / f"{name}.pt")
+
+    def get_blob(self, name: str) -> Any:
+        file = self.folder / "blobs" / f"{name}.pt"
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise StateError(f"{self.stage}: {file}, named by the training state, is missing or unreadable "
+                             f"({exc}); delete {self.folder} (or run with `--params checkpointing.resume=never`) "
+                             "to start this stage afresh") from exc
 
     def save(self, iteration: int, payload: dict[str, Any], complete: bool,
              modules: Iterable[torch.nn.Module] = ()) -> Path:
