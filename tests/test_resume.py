@@ -197,3 +197,11 @@ def test_infinite_gradient_and_weights_are_caught(tmp_path):
     with pytest.raises(DivergenceError, match=r"at iteration 0: the weight .* is inf"):
         store(tmp_path, 1).save(0, {}, complete=False, modules=(net,))
     assert not store(tmp_path, 1).files()
+
+
+def test_a_state_of_another_format_version_is_set_aside(tmp_path):
+    pretrain_teacher(SRC, TINY, TRAIN, 3, "cpu", store=store(tmp_path, 12))
+    file = store(tmp_path, 12).files()[0]
+    state = torch.load(file, weights_only=True)
+    torch.save({**state, "version": 1}, file)
+    assert store(tmp_path, 12).begin() is None and not store(tmp_path, 12).files()  # the stage trains afresh

@@ -36,7 +36,7 @@ from .checkpoint import atomic_torch_save
 log = logging.getLogger(__name__)
 
 FORMAT = "disback-training-state"
-VERSION = 1
+VERSION = 2  # 2: stage 1 names its snapshot blobs instead of carrying them
 # Settings that change neither the numbers nor the order of a loop's work: a state written under other values
 # of these is resumed. The device is among them on purpose (a run may move to a bigger machine); results then
 # agree only up to the devices' rounding.
@@ -148,6 +148,9 @@ class StateStore:
             return None
         state = self._newest_readable()
         if state is None:
+            return None
+        if state.get("version") != VERSION:
+            self._clear(f"{state['file']} was written by format version {state.get('version')}, this is {VERSION}")
             return None
         changes = changed_keys(state["fingerprint"], self.fingerprint)
         if not changes:
