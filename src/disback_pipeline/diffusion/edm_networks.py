@@ -140,10 +140,11 @@ class UNetBlock(nn.Module):
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
             b, c, h, w = x.shape
+            # EDM's layout of the qkv channels (heads, then channels, then q/k/v), attention through torch's fused
+            # kernel (softmax(q k^T / sqrt(channels per head)) v, as EDM's einsum form computes it)
             q, k, v = self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, -1).unbind(2)
-            weights = torch.softmax(torch.einsum("ncq,nck->nqk", q, k / math.sqrt(q.shape[1])), dim=2)
-            attn = torch.einsum("nqk,nck->ncq", weights, v)
-            x = (self.proj(attn.reshape(b, c, h, w)) + x) * self.skip_scale
+            attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            x = (self.proj(attn.transpose(1, 2).reshape(b, c, h, w)) + x) * self.skip_scale
         return x
 
 
