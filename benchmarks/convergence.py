@@ -42,7 +42,7 @@ from disback_pipeline.diffusion.config import (  # noqa: E402
 )
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.degradation import record_degradation  # noqa: E402
-from disback_pipeline.diffusion.disback import distill  # noqa: E402
+from disback_pipeline.diffusion.disback import Callbacks, distill  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
 from disback_pipeline.evaluation.convergence import first_reaching  # noqa: E402
 from disback_pipeline.evaluation.features import train_domain_classifier  # noqa: E402
@@ -141,7 +141,7 @@ def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dic
         q = quality(x, source, ctx["features"], ctx["reference"])
         return {"quality": q[ctx["metric"]], **{k: q[k] for k in extra_metrics if k in q}}
 
-    res = distill(ctx["teacher"], source, path, cfg, time_offset=stage1, evaluate=evaluate)
+    res = distill(ctx["teacher"], source, path, cfg, time_offset=stage1, callbacks=Callbacks(evaluate=evaluate))
     rows = pd.DataFrame([r for r in res.history if "quality" in r])  # wall-clock excludes evaluation time
     rows["stage1_s"] = stage1
     keep = ["iteration", "wall_clock_s", "target", "switch_reason", "score_mismatch", "quality", "stage1_s"]

@@ -14,15 +14,14 @@ from PIL import Image
 
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from disback_pipeline.diffusion.config import validate_parameters
+from disback_pipeline.diffusion.config import DegradationConfig, validate_parameters
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_image_folder
 from disback_pipeline.diffusion.degradation import record_degradation
-from disback_pipeline.diffusion.config import DegradationConfig
 from disback_pipeline.diffusion.path import load_path, save_path
 from disback_pipeline.diffusion.teacher import load_teacher
 from disback_pipeline.evaluation.features import inception_extractor
-from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 from disback_pipeline.evaluation.quality import FeatureSpec
+from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 
 MLP = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8}
 

@@ -8,7 +8,7 @@ from disback_pipeline.diffusion.checkpoint import Checkpoint
 from disback_pipeline.diffusion.config import DegradationConfig, SamplerConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.degradation import record_degradation
-from disback_pipeline.diffusion.disback import distill
+from disback_pipeline.diffusion.disback import Callbacks, distill
 from disback_pipeline.evaluation.quality import FeatureSpec, quality, sample_generator, sample_teacher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -52,7 +52,7 @@ def test_disback_on_cuda_with_proxy_evaluation(bf16):
     cfg = {"loss": "dmd", "s_init": 2.5, "budget": 10, "k2": 3, "fake_steps": 1, "lr_generator": 1e-3,
            "lr_fake": 1e-3, "batch_size": 32, "seed": 0, "device": "cuda", "bf16": bf16, "log_every": 0,
            "eval_every": 5}
-    res = distill(teacher, SRC, path, cfg, evaluate=evaluate)
+    res = distill(teacher, SRC, path, cfg, callbacks=Callbacks(evaluate=evaluate))
     assert len(seen) == 2 and all(torch.isfinite(torch.tensor(seen)))
     targets = [r["target"] for r in res.history]
     assert targets[0] != "teacher" and targets[-1] == "teacher"

@@ -67,9 +67,11 @@ def test_image_folder(tmp_path):
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "sub" / "b.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
     src = make_data_source({"source": "image_folder", "path": str(tmp_path), "resolution": 16})
-    assert src.images.shape == (2, 3, 16, 16)
-    assert src.images[0].min().item() == pytest.approx(1.0)
-    assert src.images[1].max().item() == pytest.approx(-1.0)
+    assert len(src) == 2 and src.shape == (3, 16, 16)  # streamed: decoded when drawn
+    x, _ = src.take(torch.arange(2))
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
+    assert x[0].min().item() == pytest.approx(1.0)
+    assert x[1].max().item() == pytest.approx(-1.0)
     gray = make_data_source({"source": "image_folder", "path": str(tmp_path), "resolution": 8, "channels": 1})
     assert gray.shape == (1, 8, 8)
 
@@ -100,8 +102,9 @@ def test_torchvision_mnist_from_local_root(tmp_path):
     _write_idx(raw / "t10k-labels-idx1-ubyte", np.array([0, 1, 2]), 2049)
     src = make_data_source({"source": "torchvision", "name": "mnist", "root": str(tmp_path), "resolution": 28,
                             "conditional": True})
-    assert src.images.shape == (3, 1, 28, 28)
-    assert src.images[1].min().item() == 1.0 and src.images[0].max().item() == -1.0
+    assert src.images.shape == (3, 1, 28, 28) and src.images.dtype == torch.uint8  # a quarter of float32
+    x, _ = src.take(torch.arange(3))
+    assert x[1].min().item() == 1.0 and x[0].max().item() == -1.0
     assert src.labels.tolist() == [0, 1, 2]
 
 

@@ -11,7 +11,7 @@ from disback_pipeline.diffusion.checkpoint import Checkpoint
 from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, TrainingConfig, from_dict
 from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.degradation import record_degradation
-from disback_pipeline.diffusion.disback import distill
+from disback_pipeline.diffusion.disback import Callbacks, distill
 from disback_pipeline.diffusion.state import DivergenceError, StateError, StateStore, fingerprint
 from disback_pipeline.diffusion.teacher import pretrain_teacher
 from disback_pipeline.diffusion.training import train_dsm
@@ -106,8 +106,9 @@ def _path():
     {"switch": "fixed", "k2": 6, "gan_weight": 0.1, "loss": "sid"},
 ], ids=["fixed", "adaptive", "sid+gan"])
 def test_stage2_resumes_bit_identical(tmp_path, settings):
-    cfg = from_dict(DistillConfig, {"budget": 30, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3, "log_every": 0,
-                           "eval_every": 7, "device": "cpu", "s_init": 2.5, **settings}, "backtracking")
+    cfg = from_dict(DistillConfig, {"budget": 30, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3,
+                                    "log_every": 0, "eval_every": 7, "device": "cpu", "s_init": 2.5, **settings},
+                    "backtracking")
     path = _path()
 
     def evaluate(g):
@@ -116,11 +117,12 @@ def test_stage2_resumes_bit_identical(tmp_path, settings):
     def on_switch(it, key, g):
         return g(torch.zeros(2, 2), torch.ones(2)).detach()
 
-    full = distill(_teacher(), SRC, path, cfg, evaluate=evaluate, on_switch=on_switch)
+    full = distill(_teacher(), SRC, path, cfg, callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch))
     with pytest.raises(Stop):
-        distill(_teacher(), SRC, path, cfg, evaluate=evaluate, on_switch=on_switch,
-                on_record=stop_after(17, "iteration"), store=store(tmp_path, 5))
-    resumed = distill(_teacher(), SRC, path, cfg, evaluate=evaluate, on_switch=on_switch, store=store(tmp_path, 5))
+        distill(_teacher(), SRC, path, cfg, store=store(tmp_path, 5),
+                callbacks=Callbacks(stop_after(17, "iteration"), evaluate, on_switch))
+    resumed = distill(_teacher(), SRC, path, cfg, callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch),
+                      store=store(tmp_path, 5))
     assert same_weights(full.generator.net, resumed.generator.net)
     assert same_weights(full.generator_ema.net, resumed.generator_ema.net)
     assert same_rows(full.history, resumed.history)

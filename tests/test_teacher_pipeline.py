@@ -64,14 +64,14 @@ def test_nan_in_a_run_stops_it_failed_and_keeps_outputs_and_the_last_good_state(
     before = teacher_file.read_bytes()
 
     project.edit("base", "parameters_teacher", teacher__training__steps=12)  # new settings: trains afresh
-    real, calls = TensorImages.sample, {"n": 0}
+    real, calls = TensorImages.raw, {"n": 0}
 
-    def poisoned(self, n, generator=None):
+    def poisoned(self, idx):  # the training stream draws one batch a step through raw()
         calls["n"] += 1
-        x, labels = real(self, n, generator)
+        x, labels = real(self, idx)
         return (x * float("nan"), labels) if calls["n"] == 8 else (x, labels)
 
-    monkeypatch.setattr(TensorImages, "sample", poisoned)
+    monkeypatch.setattr(TensorImages, "raw", poisoned)
     with pytest.raises(Exception, match=r"teacher pre-training diverged at iteration 8: the loss is nan"):
         project.run("teacher")
     assert teacher_file.read_bytes() == before  # the earlier output is untouched
@@ -82,7 +82,7 @@ def test_nan_in_a_run_stops_it_failed_and_keeps_outputs_and_the_last_good_state(
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     assert runs[0].info.status == "FAILED"
 
-    monkeypatch.setattr(TensorImages, "sample", real)  # the cause removed, the same command continues from 6
+    monkeypatch.setattr(TensorImages, "raw", real)  # the cause removed, the same command continues from 6
     project.run("teacher")
     hist = pd.read_csv(project.path / "data/base/07_model_output/teacher_history.csv")
     assert hist["step"].tolist() == list(range(1, 13)) and hist["loss"].notna().all()

@@ -104,7 +104,8 @@ def _dvc(repo: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     repo = _git_copy(tmp_path)
-    _set(repo, "teacher", teacher__network__unet__model_channels=8, teacher__training__steps=4, teacher__training__batch_size=8,
+    _set(repo, "teacher", teacher__network__unet__model_channels=8, teacher__training__steps=4,
+         teacher__training__batch_size=8,
          teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
     _set(repo, "degradation", degradation__k1=4, degradation__n_nodes=2, degradation__batch_size=4,
          degradation__candidates=4, degradation__probe_size=8)

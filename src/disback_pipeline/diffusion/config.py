@@ -296,9 +296,11 @@ class DataConfig:
     name: Literal["mnist", "fashion_mnist", "cifar10"] | None = None  # torchvision: which set
     root: str | None = None           # torchvision: local folder holding the set
     download: bool = False            # torchvision: fetch from the network (never in tests or default runs)
+    workers: int = 2                  # image_folder: DataLoader processes decoding files (count; 0 = main process)
 
     def __post_init__(self):
         _at_least(self, 1, "num_modes", "size")
+        _at_least(self, 0, "workers")
         _positive(self, "std", "spacing", "radius")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")

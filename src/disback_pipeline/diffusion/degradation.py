@@ -57,9 +57,8 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)
-    start = time.perf_counter()
     generator = frozen(copy.deepcopy(teacher.net).to(dev))
-    snapshots, history, start = _fine_tune(teacher, generator, source, cfg, s_init, dev, start, on_record, store)
+    snapshots, history, start = _fine_tune(teacher, generator, source, cfg, s_init, dev, on_record, store)
     nodes = _choose_nodes(teacher, generator, source, cfg, s_init, dev, snapshots)
     stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
     meta = {"s_init": float(s_init), "k1": cfg.k1, "n_nodes": len(nodes) - 1, "spacing": cfg.spacing,
@@ -69,9 +68,10 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
     return DegradationPath(dict(teacher.config), nodes, meta), history
 
 
-def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, start, on_record, store):
+def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, on_record, store):
     """Stage 1's DSM steps on the generator's samples; returns the kept snapshots, the history and the
     stage's start time (moved back by the time of the run that was resumed)."""
+    start = time.perf_counter()
     degraded = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
     loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, degraded.sigma_data)
     opt = make_adam(degraded.parameters(), cfg.lr, cfg.betas)

@@ -141,10 +141,17 @@ def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSo
     return loss, out
 
 
+@dataclass
+class Callbacks:
+    """What stage 2 reports as it goes (all optional); see :func:`distill`."""
+
+    on_record: RecordCallback | None = None
+    evaluate: Callable[[torch.nn.Module], dict] | None = None
+    on_switch: Callable[[int, str, torch.nn.Module], object] | None = None
+
+
 def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig | dict,
-            time_offset: float = 0.0, on_record: RecordCallback | None = None,
-            evaluate: Callable[[torch.nn.Module], dict] | None = None,
-            on_switch: Callable[[int, str, torch.nn.Module], object] | None = None,
+            time_offset: float = 0.0, callbacks: Callbacks | None = None,
             store: StateStore | None = None) -> DistillResult:
     """Stage 2: score distillation of a one-step generator.
 
@@ -152,7 +159,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     targets walk P_{N-1} ... P_0 = teacher (:class:`Walk`: K2 iterations per
     node, or until the mismatch converges); without one (the baseline) the
     fake score starts from the teacher, which is the target throughout.
-    ``evaluate(generator)`` (optional) returns extra history columns every
+    ``callbacks.evaluate(generator)`` (optional) returns extra history columns every
     ``eval_every`` iterations (on the EMA generator; its time is not counted in
     ``wall_clock_s``). ``on_switch(iteration, new_target, ema_generator)`` is
     called at every change of target and once at the end (target ``"final"``);
@@ -162,6 +169,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     ``on_record`` again).
     """
     cfg = cfg if isinstance(cfg, DistillConfig) else from_dict(DistillConfig, cfg, "backtracking")
+    cb = callbacks or Callbacks()
+    on_record, evaluate, on_switch = cb.on_record, cb.evaluate, cb.on_switch
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)

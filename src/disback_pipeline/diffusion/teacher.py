@@ -7,7 +7,7 @@ from typing import Any
 from .backbones import build_network
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainingConfig, from_dict
-from .data import DataSource
+from .data import BatchStream, DataSource
 from .state import StateStore
 from .training import StepCallback, seed_everything, select_device, train_dsm
 
@@ -53,13 +53,15 @@ def pretrain_teacher(source: DataSource, network: dict[str, Any], training: Trai
                      seed: int, device: str = "auto", bf16: bool = False, on_step: StepCallback | None = None,
                      store: StateStore | None = None) -> tuple[Checkpoint, list[dict]]:
     """Train a teacher from scratch (or continue from ``store``'s newest state); returns its EMA checkpoint
-    and the loss history."""
+    and the loss history. Batches come from one seeded stream (a streamed image folder is decoded by its
+    ``workers`` processes)."""
     cfg = training if isinstance(training, TrainingConfig) else from_dict(TrainingConfig, training, "teacher.training")
     dev = select_device(device)
     seed_everything(seed)
     config = network_config_for(source, network)
     net = build_network(config)
-    ema_net, history = train_dsm(net, source.sample, cfg, device=dev, bf16=bf16, desc="teacher pre-training",
+    batches = BatchStream(source, cfg.batch_size, seed)
+    ema_net, history = train_dsm(net, batches, cfg, device=dev, bf16=bf16, desc="teacher pre-training",
                                  on_step=on_step, store=store)
     meta = {"role": "teacher", "step": cfg.steps, "dataset": source.name, "seed": int(seed)}
     return Checkpoint(ema_net.cpu(), config, meta), history

@@ -155,7 +155,8 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
               device: torch.device | str = "cpu", bf16: bool = False, desc: str = "dsm",
               on_step: StepCallback | None = None, store: StateStore | None = None
               ) -> tuple[torch.nn.Module, list[dict]]:
-    """Train ``net`` with the EDM DSM loss on batches from ``batches(n) -> (x0, labels)``.
+    """Train ``net`` with the EDM DSM loss on batches from ``batches(n) -> (x0, labels)`` (a
+    :class:`~.data.BatchStream`, or any such function).
 
     Returns the EMA network and a history of per-step records
     ``{step, loss, wall_clock_s}``. ``on_step(step, record)`` is called after
@@ -180,6 +181,8 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, first, clock = list(state["history"]), state["iteration"] + 1, float(state["clock"])
+    if hasattr(batches, "start"):  # a seeded stream (BatchStream) continues at the step to run next
+        batches.start(first)
         for record in history if on_step is not None else ():
             on_step(record["step"], record)
     status = StatusLine(desc, steps, cfg.log_every)

@@ -64,7 +64,7 @@ def train_domain_classifier(source: TensorImages, steps: int = 1500, batch_size:
             "use extractor 'inception' with a local Inception file instead"
         )
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(source.images), generator=gen)
+    perm = torch.randperm(len(source), generator=gen)
     n_test = max(1, int(len(perm) * test_fraction))
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     torch.manual_seed(seed)
@@ -72,17 +72,22 @@ def train_domain_classifier(source: TensorImages, steps: int = 1500, batch_size:
               "feature_dim": feature_dim}
     net = DomainClassifier(**config)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    x, y = source.images, source.labels
+    y = source.labels
+
+    def images(idx):  # in memory, or decoded from the files (a streamed folder)
+        return source.to_float(source.raw(idx)[0])
+
     for _ in range(steps):
         idx = train_idx[torch.randint(len(train_idx), (batch_size,), generator=gen)]
-        xb = x[idx] + 0.05 * torch.randn(len(idx), *x.shape[1:], generator=gen)  # mild noise robustness
+        xb = images(idx) + 0.05 * torch.randn(len(idx), *source.shape, generator=gen)  # mild noise robustness
         loss = F.cross_entropy(net(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     net.eval()
     with torch.no_grad():
-        acc = float((net(x[test_idx]).argmax(1) == y[test_idx]).float().mean())
+        correct = sum(int((net(images(part)).argmax(1) == y[part]).sum()) for part in test_idx.split(2000))
+        acc = correct / len(test_idx)
     log.info("domain feature extractor: held-out accuracy %.4f on %d images", acc, n_test)
     return TrainedExtractor(net, config, acc)
 

@@ -53,12 +53,40 @@ class FeatureSpec:
         return self.kind
 
 
+CHUNK = 500  # rows per step of the moment sums (the reference images stream through in batches of this size)
+
+
+class Moments:
+    """Mean and covariance of feature rows added batch by batch (float64 sums), so that reference statistics
+    of a data set larger than memory need only one batch of it at a time."""
+
+    def __init__(self):
+        self.n, self.total, self.outer = 0, 0.0, 0.0
+
+    def add(self, features: np.ndarray) -> None:
+        f = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        for i in range(0, len(f), CHUNK):
+            part = f[i:i + CHUNK]
+            self.n += len(part)
+            self.total = self.total + part.sum(0)
+            self.outer = self.outer + part.T @ part
+
+    def statistics(self) -> dict[str, Any]:
+        """Mean, covariance (n - 1 in the denominator) and a sha256 over both (the reference hash)."""
+        if self.n < 2:
+            raise ValueError(f"reference statistics need at least 2 samples, got {self.n}")
+        mu = self.total / self.n
+        sigma = np.atleast_2d((self.outer - self.n * np.outer(mu, mu)) / (self.n - 1))
+        digest = hashlib.sha256(mu.tobytes() + sigma.tobytes()).hexdigest()
+        return {"mu": mu, "sigma": sigma, "n": np.array(self.n), "hash": np.array(digest)}
+
+
 def reference_statistics(features: np.ndarray) -> dict[str, Any]:
-    """Mean, covariance and a sha256 over both (the reference hash)."""
-    mu = features.mean(0)
-    sigma = np.atleast_2d(np.cov(features, rowvar=False))
-    digest = hashlib.sha256(mu.astype(np.float64).tobytes() + sigma.astype(np.float64).tobytes()).hexdigest()
-    return {"mu": mu, "sigma": sigma, "n": np.array(len(features)), "hash": np.array(digest)}
+    """Mean, covariance and a sha256 over both (the reference hash) of in-memory features (the same sums as
+    when they arrive in batches)."""
+    moments = Moments()
+    moments.add(features)
+    return moments.statistics()
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -11,7 +11,7 @@ import torch
 from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.config import DistillConfig, EvaluationConfig, from_dict
 from ...diffusion.data import make_data_source
-from ...diffusion.disback import distill
+from ...diffusion.disback import Callbacks, distill
 from ...diffusion.path import DegradationPath
 from ...diffusion.state import state_dict_sha256, weights_sha256
 from ...diffusion.training import HISTORY_COLUMNS
@@ -45,14 +45,18 @@ def path_digest(path: DegradationPath | None) -> list[str]:
     return [f"{n.key}:{n.sha256 or state_dict_sha256(n.state_dict)}" for n in path.nodes]
 
 
-def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath, feature_extractor: FeatureSpec,
-                     reference_stats: dict, data: dict[str, Any], backtracking: dict[str, Any],
-                     evaluation: dict[str, Any], metric_prefix: str = "backtracking/",
-                     checkpointing: dict[str, Any] | None = None, state_folder: str = "backtracking"):
+def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath,
+                     reference: tuple[FeatureSpec, dict], data: dict[str, Any], backtracking: dict[str, Any],
+                     evaluation: dict[str, Any], checkpointing: dict[str, Any] | None = None,
+                     where: str = "backtracking"):
     """Shared by ``backtracking`` and ``compare``: returns (result, stage-2 history rows, switch figure).
 
-    The training state is saved every ``backtracking.checkpoint_every`` iterations under
-    ``checkpointing.dir``/``state_folder``."""
+    ``reference`` is the feature extractor and the reference statistics of the proxy quality. ``where`` names
+    the run: ``backtracking``, or ``compare/<arm>`` (metrics under ``compare/``). The training state is saved
+    every ``backtracking.checkpoint_every`` iterations under ``checkpointing.dir``/``where``[/backtracking]."""
+    feature_extractor, reference_stats = reference
+    metric_prefix = f"{where.split('/', maxsplit=1)[0]}/"
+    state_folder = where if where == "backtracking" else f"{where}/backtracking"
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     enabled = cfg.enabled
     if enabled and len(degradation_path.nodes) < 2:
@@ -81,9 +85,9 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
                                                               ("proxy_samples", "grid_samples", "seed")},
                         teacher_sha256=weights_sha256(teacher_model.net), path=path_digest(path),
                         reference=str(reference_stats.get("hash")))
-    result = distill(teacher_model, source, path, cfg, time_offset=stage1, on_record=on_record,
-                     on_switch=on_switch, store=store,
-                     evaluate=_proxy_evaluator(source, feature_extractor, reference_stats, ev, s_init))
+    callbacks = Callbacks(on_record, _proxy_evaluator(source, feature_extractor, reference_stats, ev, s_init),
+                          on_switch)
+    result = distill(teacher_model, source, path, cfg, time_offset=stage1, callbacks=callbacks, store=store)
     metrics.flush()
     log_dict(switches, f"{metric_prefix}switches.json")
     log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
@@ -99,18 +103,24 @@ def join_history(degradation_history: pd.DataFrame, stage2_rows: list[dict], ena
     return history[HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]]
 
 
-def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath,
-                      degradation_history: pd.DataFrame, feature_extractor: FeatureSpec, reference_stats: dict,
-                      data: dict[str, Any], backtracking: dict[str, Any], evaluation: dict[str, Any],
-                      checkpointing: dict[str, Any] | None = None):
+def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath, feature_extractor: FeatureSpec,
+                      reference_stats: dict, data: dict[str, Any], backtracking: dict[str, Any],
+                      evaluation: dict[str, Any], checkpointing: dict[str, Any] | None = None):
     """Score distillation of the one-step generator (DisBack, or the baseline when disabled).
 
-    Returns the raw and EMA generator checkpoints, the full training history
-    (stage-1 rows first; stage-2 wall-clock continues after stage 1's) and a
+    Returns the raw and EMA generator checkpoints, stage 2's history rows and a
     figure of the generator's samples at every change of target.
     """
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     name_run(f"{cfg.method}-{cfg.loss}-{data.get('source')}-seed{cfg.seed}")
-    result, rows, figure = run_distillation(teacher_model, degradation_path, feature_extractor, reference_stats,
-                                            data, backtracking, evaluation, checkpointing=checkpointing)
-    return result.generator, result.generator_ema, join_history(degradation_history, rows, cfg.enabled), figure
+    result, rows, figure = run_distillation(teacher_model, degradation_path, (feature_extractor, reference_stats),
+                                            data, backtracking, evaluation, checkpointing)
+    return result.generator, result.generator_ema, pd.DataFrame(rows), figure
+
+
+def combine_history(degradation_history: pd.DataFrame, stage2_history: pd.DataFrame,
+                    backtracking: dict[str, Any]) -> pd.DataFrame:
+    """The run's training history: stage-1 rows first (DisBack only; stage-2 wall-clock continues after
+    stage 1's), then stage 2's."""
+    enabled = from_dict(DistillConfig, backtracking, "backtracking").enabled
+    return join_history(degradation_history, stage2_history.to_dict("records"), enabled)

@@ -63,7 +63,7 @@ def _child_of(run_id: str, parent: str) -> bool:
         return False
 
 
-def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, reference_stats: dict,
+def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, reference_stats: dict,  # noqa: PLR0913 - one argument per catalog input of an arm
                data: dict[str, Any], degradation: dict[str, Any], backtracking: dict[str, Any],
                evaluation: dict[str, Any], method: dict[str, Any], checkpointing: dict[str, Any] | None = None):
     """One arm of the comparison: the shared settings with ``method.enabled`` on or off. Its training states
@@ -76,9 +76,8 @@ def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, refere
     with _nested_run(name, {**settings, "data": data.get("source")}, marker):
         path, deg_history = record_degradation_path(teacher_model, data, degradation, settings, checkpointing,
                                                     f"{folder}/degradation")
-        result, rows, fig = run_distillation(teacher_model, path, feature_extractor, reference_stats, data,
-                                             settings, evaluation, metric_prefix="compare/",
-                                             checkpointing=checkpointing, state_folder=f"{folder}/backtracking")
+        result, rows, fig = run_distillation(teacher_model, path, (feature_extractor, reference_stats), data,
+                                             settings, evaluation, checkpointing, where=folder)
     return result.generator_ema, join_history(deg_history, rows, settings["enabled"]), fig
 
 

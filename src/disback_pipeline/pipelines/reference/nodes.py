@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from ...diffusion.config import EvaluationConfig, from_dict
-from ...diffusion.data import GaussianMixture2D, make_data_source
+from ...diffusion.data import GaussianMixture2D, iterate, make_data_source
 from ...evaluation.features import inception_extractor, train_domain_classifier
-from ...evaluation.quality import FeatureSpec, reference_statistics
+from ...evaluation.quality import CHUNK, FeatureSpec, Moments, reference_statistics
 from ...tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,14 @@ def build_reference_stats(feature_extractor: FeatureSpec, data: dict[str, Any],
     if isinstance(source, GaussianMixture2D):
         n = n or 10000  # exact samples: 0 (the whole set) has no meaning for a density
         x, _ = source.sample(n, torch.Generator().manual_seed(cfg.seed + 1000))
+        stats = reference_statistics(feature_extractor.extract(x))
     else:
-        if n > len(source.images):
+        if n > len(source):
             raise ValueError(f"evaluation.reference_samples = {n}, but the data ({source.name}) hold only "
-                             f"{len(source.images)} images; set it to {len(source.images)} or fewer (0 = the whole set)")
-        x = source.images if n <= 0 else source.images[:n]
-    stats = reference_statistics(feature_extractor.extract(x))
+                             f"{len(source)} images; set it to {len(source)} or fewer (0 = the whole set)")
+        moments = Moments()  # the images stream through in batches; only their features' sums are kept
+        for x in iterate(source, n if n > 0 else len(source), CHUNK):
+            moments.add(feature_extractor.extract(x))
+        stats = moments.statistics()
     log.info("reference statistics of %d samples, hash %s", int(stats["n"]), str(stats["hash"])[:12])
     return stats
