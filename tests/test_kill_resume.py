@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from disback_pipeline.diffusion.checkpoint import read_payload
+from disback_pipeline.diffusion.config import soft_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 KEDRO = Path(sys.executable).parent / "kedro"
@@ -48,24 +49,13 @@ def _copy(dest: Path) -> dict[str, str]:
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name, override in SMALL.items():
         file = dest / "conf" / ENV / f"{name}.yml"
-        merged = yaml.safe_load(file.read_text())
-        for section, values in override.items():
-            _merge(merged.setdefault(section, {}), values)
-        file.write_text(yaml.safe_dump(merged))
+        file.write_text(yaml.safe_dump(soft_merge(yaml.safe_load(file.read_text()), override)))
     uri = f"sqlite:///{dest / 'mlflow.db'}"
     mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
     mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", uri))
     # one thread: results are bit-identical between processes only at equal thread counts
     return {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1",
             "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
-
-
-def _merge(node: dict, values: dict) -> None:
-    for k, v in values.items():
-        if isinstance(v, dict):
-            _merge(node.setdefault(k, {}), v)
-        else:
-            node[k] = v
 
 
 def _run(repo: Path, env: dict, pipeline: str = "distill") -> None:

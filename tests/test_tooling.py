@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from disback_pipeline.diffusion.config import soft_merge
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "KEDRO_DISABLE_TELEMETRY": "1",
@@ -144,9 +146,7 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
                           "evaluation": {"reference_samples": 300, "n_samples": 300, "batch_size": 300,
                                          "proxy_samples": 100, "grid_samples": 100}}.items():
         file = repo / "conf" / "toy2d" / f"parameters_{name}.yml"
-        cfg = yaml.safe_load(file.read_text())
-        _deep_update(cfg[name], updates)
-        file.write_text(yaml.safe_dump(cfg))
+        file.write_text(yaml.safe_dump(soft_merge(yaml.safe_load(file.read_text()), {name: updates})))
     _commit(repo)
     toy = _dvc(repo, "repro", "distill_env@toy2d")
     assert "Running stage 'distill_env@toy2d'" in toy and "Running stage 'teacher'" not in toy
@@ -155,11 +155,3 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     relock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert all(relock[k] == v for k, v in lock.items())
     assert "up to date" in _dvc(repo, "repro", "distill_env@toy2d", *base)
-
-
-def _deep_update(node: dict, updates: dict) -> None:
-    for k, v in updates.items():
-        if isinstance(v, dict):
-            _deep_update(node.setdefault(k, {}), v)
-        else:
-            node[k] = v
