@@ -166,3 +166,13 @@ def test_sigterm_ends_compare_runs_killed_and_the_same_command_continues_them(tm
     arm = [r for r in runs if r.info.run_name.startswith("disback-")][0]
     steps = [m.step for m in client.get_metric_history(arm.info.run_id, "compare/loss_generator")]
     assert sorted(steps) == list(range(1, 301))
+
+
+def test_ctrl_c_ends_the_run_killed(tmp_path):
+    repo = tmp_path / "project"
+    env = _copy(repo)
+    code, err = _run_and_stop(repo, env, "teacher", 30, sig=signal.SIGINT, pipeline="teacher")
+    assert code == 1 and "Aborted" in err
+    _, runs = _runs(repo, env)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert (repo / STATES / "mlflow_run.json").is_file()  # the same command will continue this run
