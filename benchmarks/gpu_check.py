@@ -1,10 +1,16 @@
-"""GPU path check: a few DisBack iterations of the ImageNet-64 ADM configuration on CUDA in bf16.
+"""GPU step check: DisBack's stage-2 step (fake-score DSM step + DMD generator step) on the ImageNet-64 ADM
+configuration, in lanes: fp32, bf16 autocast, bf16 + torch.compile (each with channels_last).
 
-    python benchmarks/gpu_check.py             # on a CUDA machine: ADM 64x64, label_dim 1000 (~296M parameters)
-    python benchmarks/gpu_check.py --fp32      # the same without bf16 autocast, for the ratio
-    python benchmarks/gpu_check.py --tiny      # the same code path on the CPU with a tiny network
+    python benchmarks/gpu_check.py                                  # CUDA: ADM 64x64, label_dim 1000 (~296M params)
+    python benchmarks/gpu_check.py --lanes fp32,bf16 --batch 64     # some lanes, another batch
+    python benchmarks/gpu_check.py --tiny --lanes fp32              # the same code path on the CPU, tiny network
 
-Random weights (no checkpoint needed). Prints iterations/s, images/s and peak memory as one JSON line.
+Random weights (no checkpoint needed). Per lane: generator iterations/s, generated images/s (the fake-score
+and the generator step each draw a batch), peak memory, FLOPs per iteration counted by
+torch.utils.flop_counter (forward and backward of every network in the step), the achieved TFLOP/s and its
+fraction of the card's dense bf16 peak. The timed loop calls the step functions directly, without the
+divergence guard's per-step host synchronisation, so it measures the step itself. One JSON line per lane,
+then a summary line with the bf16 / fp32 ratio.
 """
 
 from __future__ import annotations
@@ -21,54 +27,106 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from disback_pipeline.diffusion.backbones import build_network  # noqa: E402
 from disback_pipeline.diffusion.checkpoint import Checkpoint  # noqa: E402
+from disback_pipeline.diffusion.config import DistillConfig, from_dict  # noqa: E402
 from disback_pipeline.diffusion.data import DataSource  # noqa: E402
-from disback_pipeline.diffusion.disback import distill  # noqa: E402
+from disback_pipeline.diffusion.disback import _build_nets, fake_score_step, generator_step  # noqa: E402
+from disback_pipeline.diffusion.losses import EDMLoss  # noqa: E402
 
 ADM_IMAGENET64 = {"backbone": "dhariwalunet", "img_resolution": 64, "in_channels": 3, "out_channels": 3,
                   "label_dim": 1000, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "num_blocks": 3,
                   "attn_resolutions": [32, 16, 8], "dropout": 0.0}
 TINY = {**ADM_IMAGENET64, "img_resolution": 16, "label_dim": 10, "model_channels": 32, "channel_mult": [1, 2],
         "num_blocks": 1, "attn_resolutions": [8]}
+# dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by a name fragment of the device
+BF16_PEAK = {"H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+LANES = {"fp32": {"bf16": False, "compile": False}, "bf16": {"bf16": True, "compile": False},
+         "bf16+compile": {"bf16": True, "compile": True}, "compile": {"bf16": False, "compile": True}}
 
 
 class RandomLabels(DataSource):
-    """Only shapes and labels matter here: the loop never reads real images."""
+    """Only shapes and labels matter here: the step never reads real images."""
 
     def __init__(self, resolution: int, classes: int):
         self.name, self.shape, self.num_classes, self.conditional = "random", (3, resolution, resolution), classes, True
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--iterations", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast (the comparison run)")
-    args = ap.parse_args(argv)
-    cfg = TINY if args.tiny else ADM_IMAGENET64
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+def peak_flops(device: str) -> float | None:
+    if device == "cpu":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+
+
+def run_lane(lane: str, net_cfg: dict, batch: int, iterations: int, device: str, channels_last: bool) -> dict:
+    settings = LANES[lane]
+    cfg = from_dict(DistillConfig, {"loss": "dmd", "s_init": 80.0, "k2": 0, "lr_generator": 2e-6, "lr_fake": 2e-6,
+                                    "batch_size": batch, "ema_decay": 0.999, "device": device,
+                                    "bf16": settings["bf16"] and device == "cuda", "compile": settings["compile"],
+                                    "channels_last": channels_last}, "backtracking")
     torch.manual_seed(0)
-    teacher = Checkpoint(build_network(cfg), cfg, {})
-    n_params = sum(p.numel() for p in teacher.net.parameters())
-    loop = {"loss": "dmd", "s_init": 80.0, "budget": args.iterations, "k2": 0, "fake_steps": 1,
-            "lr_generator": 2e-6, "lr_fake": 2e-6, "batch_size": args.batch, "ema_decay": 0.999, "seed": 0,
-            "device": device, "bf16": device == "cuda" and not args.fp32, "log_every": 0}
-    source = RandomLabels(cfg["img_resolution"], cfg["label_dim"])
-    distill(teacher, source, None, {**loop, "budget": 1})  # warm-up (allocations, kernels)
+    teacher = Checkpoint(build_network(net_cfg), net_cfg, {})
+    source = RandomLabels(net_cfg["img_resolution"], net_cfg["label_dim"])
+    dev = torch.device(device)
+    nets = _build_nets(teacher, source, None, cfg, dev)
+    fake_loss, gen_loss = EDMLoss(cfg.fake_P_mean, cfg.fake_P_std, nets.fake.sigma_data), cfg.generator_loss()
+
+    def step():
+        fake_score_step(nets, fake_loss, source, cfg, dev)
+        generator_step(nets, gen_loss, nets.teacher, source, cfg, dev)
+
+    for _ in range(2):  # warm-up: allocations, kernels, compilation
+        step()
+    flops = count_flops(step)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    distill(teacher, source, None, loop)
+    for _ in range(iterations):
+        step()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    out = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "parameters": n_params,
-           "bf16": loop["bf16"], "batch": args.batch, "iterations": args.iterations,
-           "iterations_per_s": args.iterations / seconds,
-           "generator_images_per_s": args.iterations * args.batch * (1 + loop["fake_steps"]) / seconds,
-           "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
-    sys.stdout.write(json.dumps(out) + "\n")
+    it_s = iterations / seconds
+    peak = peak_flops(device)
+    return {"lane": lane, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "parameters": sum(p.numel() for p in teacher.net.parameters()), "batch": batch,
+            "channels_last": channels_last, "iterations": iterations, "iterations_per_s": it_s,
+            "generator_images_per_s": it_s * batch * 2, "flops_per_iteration": flops,
+            "achieved_tflops": flops * it_s / 1e12, "bf16_peak_fraction": flops * it_s / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+
+
+def count_flops(step) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="a tiny ADM on the CPU (checks the code path)")
+    ap.add_argument("--lanes", default="fp32,bf16,bf16+compile", help=f"comma list of {', '.join(LANES)}")
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--no-channels-last", action="store_true")
+    args = ap.parse_args(argv)
+    lanes = args.lanes.split(",")
+    unknown = [lane for lane in lanes if lane not in LANES]
+    if unknown:
+        ap.error(f"unknown lane(s) {unknown}; choose from {', '.join(LANES)}")
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    results = {}
+    for lane in lanes:
+        results[lane] = run_lane(lane, TINY if args.tiny else ADM_IMAGENET64, args.batch, args.iterations, device,
+                                 not args.no_channels_last)
+        sys.stdout.write(json.dumps(results[lane]) + "\n")
+        sys.stdout.flush()
+    if "fp32" in results and "bf16" in results:
+        ratio = results["bf16"]["iterations_per_s"] / results["fp32"]["iterations_per_s"]
+        sys.stdout.write(json.dumps({"bf16_over_fp32": ratio}) + "\n")
     return 0
 
 

@@ -217,6 +217,8 @@ class DistillConfig:
     seed: int = 0                     # integer RNG seed
     device: Device = "auto"           # auto | cpu | cuda
     bf16: bool = False                # bf16 autocast on CUDA
+    compile: bool = False             # torch.compile the networks in place (state_dict keys unchanged)
+    channels_last: bool = False       # NHWC memory layout for image networks (faster convolutions on CUDA)
     log_every: int = 100              # status line interval (iterations; 0 = never)
     eval_every: int = 100             # proxy-quality interval (iterations; 0 = never)
     record_every: int = 1             # history row interval (iterations)

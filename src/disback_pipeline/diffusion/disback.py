@@ -82,6 +82,11 @@ def _build_nets(teacher: Checkpoint, source: DataSource, path: DegradationPath |
     fake.train().requires_grad_(True)
     scratch = frozen(copy.deepcopy(teacher.net).to(dev))
     ema = EMA(generator, cfg.ema_decay)
+    for net in (teacher_net, generator, fake, scratch):
+        if cfg.channels_last and len(source.shape) == 3:
+            net.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            net.compile()  # in place: parameters, state_dict keys and checkpoints stay as they are
     nets = _Nets(teacher_net, generator, fake, scratch, ema, make_adam(generator.parameters(), cfg.lr_generator,
                  cfg.betas), make_adam(fake.parameters(), cfg.lr_fake, cfg.betas))
     if cfg.gan_weight > 0:
