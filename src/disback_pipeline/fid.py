@@ -1,8 +1,8 @@
 """FID of any folder of images or .npz against our reference statistics.
 
     python -m disback_pipeline.fid samples.npz                      # the default run's files
-    python -m disback_pipeline.fid samples/ --reference data/05_model_input/reference_stats.npz \
-        --extractor data/06_models/feature_extractor.pt --out fid.json
+    python -m disback_pipeline.fid samples/ --reference data/base/05_model_input/reference_stats.npz \
+        --extractor data/base/06_models/feature_extractor.pt --out fid.json
     python -m disback_pipeline.fid samples/ --inception data/01_raw/inception-2015-12-05.pt --mode legacy_tensorflow \
         --reference my_inception_stats.npz
 
@@ -26,9 +26,10 @@ log = logging.getLogger("disback_pipeline.fid")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m disback_pipeline.fid", description=__doc__.split("\n")[0])
     ap.add_argument("samples", help="a folder of .png/.jpg images or an .npz (arr_0: uint8 NHWC)")
-    ap.add_argument("--reference", default="data/05_model_input/reference_stats.npz",
-                    help="reference statistics (.npz with mu, sigma, n, hash) from the reference pipeline")
-    ap.add_argument("--extractor", default="data/06_models/feature_extractor.pt",
+    ap.add_argument("--reference", default="data/base/05_model_input/reference_stats.npz",
+                    help="reference statistics (.npz with mu, sigma, n, hash) from the reference pipeline "
+                         "(the base environment's; data/<env>/05_model_input/ for another)")
+    ap.add_argument("--extractor", default="data/base/06_models/feature_extractor.pt",
                     help="the feature extractor the reference pipeline saved")
     ap.add_argument("--inception", default=None, help="use this local Inception file instead of --extractor")
     ap.add_argument("--mode", default="clean", choices=("clean", "legacy_tensorflow"), help="with --inception")

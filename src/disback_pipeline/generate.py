@@ -1,7 +1,7 @@
 """Draw samples from a checkpoint: each sample reproducible from its seed alone.
 
-    python -m disback_pipeline.generate data/06_models/generator_ema.pt --seeds 0-49999 --out samples.npz
-    python -m disback_pipeline.generate data/06_models/teacher.pt --nfe 35 --seeds 0-63 --out grid/
+    python -m disback_pipeline.generate data/base/06_models/generator_ema.pt --seeds 0-49999 --out samples.npz
+    python -m disback_pipeline.generate data/base/06_models/teacher.pt --nfe 35 --seeds 0-63 --out grid/
     python -m disback_pipeline.generate student.pt --seeds 0-9 --class 3 --out three/   # conditional
 
 ``--out`` ending in .npz writes one uint8 NHWC array (``arr_0``); a folder gets

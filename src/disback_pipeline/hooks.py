@@ -101,7 +101,7 @@ class ResumeRun:
 
         run = mlflow.active_run()
         if run is not None:
-            self._marker.write(run.info.run_id, self._pipelines, self._digest)
+            self._marker.write(run.info.run_id, pipelines=self._pipelines, params=self._digest)
             self._written = True
 
     @hook_impl

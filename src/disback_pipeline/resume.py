@@ -47,7 +47,8 @@ def params_digest(params: dict[str, Any]) -> str:
 
 
 class RunMarker:
-    """``<dir>/mlflow_run.json``: the MLflow run of an unfinished `kedro run` and what it ran."""
+    """``<dir>/mlflow_run.json``: the MLflow run of an unfinished `kedro run` and what it ran (or, in a compare
+    arm's folder, the arm's child run and its parent)."""
 
     def __init__(self, folder: str | Path):
         self.file = Path(folder) / MARKER
@@ -58,10 +59,11 @@ class RunMarker:
         except (OSError, ValueError):
             return None
 
-    def write(self, run_id: str, pipelines: list[str], digest: str) -> None:
+    def write(self, run_id: str, **info: Any) -> None:
+        """Name the run (and what identifies it: pipelines and parameter digest, or a child run's parent)."""
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": run_id, "pipelines": pipelines, "params": digest}, indent=2))
+        tmp.write_text(json.dumps({"run_id": run_id, **info}, indent=2))
         os.replace(tmp, self.file)
 
     def clear(self) -> None:

@@ -40,7 +40,7 @@ def _nested_run(name: str, params: dict[str, Any], marker: RunMarker):
     known = (marker.read() or {}).get("run_id")
     resume = known if known and _child_of(known, parent) else None
     run = mlflow.start_run(run_id=resume, run_name=None if resume else name, nested=True)
-    marker.write(run.info.run_id, [name], parent)
+    marker.write(run.info.run_id, name=name, parent=parent)
     try:
         if resume is None:
             mlflow.log_params({k: v for k, v in params.items() if not isinstance(v, dict)})
