@@ -86,3 +86,21 @@ def test_nan_in_a_run_stops_it_failed_and_keeps_outputs_and_the_last_good_state(
     project.run("teacher")
     hist = pd.read_csv(project.path / "data/base/07_model_output/teacher_history.csv")
     assert hist["step"].tolist() == list(range(1, 13)) and hist["loss"].notna().all()
+
+
+def test_a_second_run_in_the_same_environment_stops_at_once(project):
+    import fcntl
+
+    project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=2,
+                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    lock = project.path / "data/base/09_training_state/.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:  # another run holds the environment
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 12345")
+        held.flush()
+        with pytest.raises(RuntimeError, match=r"another `kedro run` \(pid 12345\) is using .*base/09_training_state"):
+            project.run("teacher")
+        assert not (project.path / "data/base/06_models/teacher.pt").exists()
+    project.run("teacher")  # released: the run goes ahead
+    assert (project.path / "data/base/06_models/teacher.pt").is_file()

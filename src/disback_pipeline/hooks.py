@@ -12,7 +12,7 @@ import signal
 from kedro.framework.hooks import hook_impl
 
 from .diffusion.config import CheckpointingConfig, from_dict, validate_parameters
-from .resume import RunMarker, params_digest
+from .resume import RunLock, RunMarker, params_digest
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class ResumeRun:
 
     def __init__(self):
         self._marker: RunMarker | None = None
+        self._lock: RunLock | None = None
         self._resume = "auto"
         self._pipelines: list[str] = []
         self._digest = ""
@@ -78,13 +79,15 @@ class ResumeRun:
     @hook_impl
     def after_context_created(self, context) -> None:
         cfg = from_dict(CheckpointingConfig, context.params.get("checkpointing"), "checkpointing")
-        self._marker, self._resume = RunMarker(cfg.dir), cfg.resume
+        self._marker, self._lock, self._resume = RunMarker(cfg.dir), RunLock(cfg.dir), cfg.resume
         self._digest = params_digest(context.params)
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params) -> None:
         names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
         self._pipelines, self._written = [names] if isinstance(names, str) else list(names), False
+        if self._lock is not None:
+            self._lock.acquire()  # one run at a time per environment (its training states and outputs)
         if self._marker is not None and self._resume == "auto":
             run_id = self._marker.resumable_run(self._pipelines, self._digest)
             if run_id is not None:
@@ -108,11 +111,16 @@ class ResumeRun:
     def after_pipeline_run(self) -> None:
         if self._marker is not None:
             self._marker.clear()
-        self._restore_signals()
+        self._finish()
 
     @hook_impl
     def on_pipeline_error(self) -> None:
-        self._restore_signals()  # the marker stays: the same command continues the run
+        self._finish()  # the marker stays: the same command continues the run
+
+    def _finish(self) -> None:
+        self._restore_signals()
+        if self._lock is not None:
+            self._lock.release()
 
     def _install_signals(self) -> None:
         def interrupt(signum, frame):

@@ -46,6 +46,45 @@ def params_digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class RunLock:
+    """``<dir>/.lock``, held (flock) for the whole `kedro run`: a second run in the same environment stops at once
+    instead of writing the same training states and outputs; other environments have their own folder."""
+
+    def __init__(self, folder: str | Path):
+        self.file = Path(folder) / ".lock"
+        self._fh = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.release()  # a lock left by a run of this process that Ctrl-C stopped before its hooks ended it
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.file, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RuntimeError(
+                f"another `kedro run` ({holder}) is using {self.file.parent}: wait for it to finish, or run this one "
+                "in another environment (--env), which writes its own data/<env>/ tree"
+            ) from exc
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
 class RunMarker:
     """``<dir>/mlflow_run.json``: the MLflow run of an unfinished `kedro run` and what it ran (or, in a compare
     arm's folder, the arm's child run and its parent)."""
