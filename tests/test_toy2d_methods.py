@@ -29,9 +29,10 @@ def toy2d():
     net = {"backbone": "mlp", "width": 128, "num_blocks": 2, "emb_dim": 64}
     train = {"steps": 1500, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "warmup_steps": 100,
              "ema_decay": 0.99, "grad_clip": 1.0, "log_every": 0}
-    # Teacher seed 1. With the seeded batch stream, the seed-0 teacher (as good: NLL 8.30 vs 8.54 before) left
-    # DMD + backtracking stalled at 400 iterations (NLL 61.9 -> 52.9; the baseline 11.9); teachers of seeds 1
-    # and 2 gave 9.5 and 9.6 (baseline 9.3, 8.9). Short DMD + DisBack runs depend on the teacher: see LONGRUN.md.
+    # Teacher seed 1. With the seeded batch stream, the seed-0 teacher (as good: NLL 8.30 vs 8.54 before) gave
+    # DMD + backtracking an NLL of 52.9 at iteration 400, a spike: its curve every 100 iterations reads 32.7,
+    # 10.2, 9.1, 52.9, then 12.4, 8.3 ... 8.2 to 1,200. DMD at this learning rate spikes now and then, with or
+    # without the path (see LONGRUN.md); a single end point can land on one. Teachers 1 and 2: 9.5 and 9.6.
     teacher, _ = pretrain_teacher(source, net, train, seed=1)
     return source, teacher
 
