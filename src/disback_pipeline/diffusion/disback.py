@@ -203,16 +203,17 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                          run.key if run.key == TEACHER else f"path node {run.key}", switch[1])
                 if on_switch is not None:
                     run.switch_samples.append((it, run.key, on_switch(it, run.key, nets.ema.net)))
-            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev, (stage, it)).item()
-                         for _ in range(cfg.fake_steps)) / cfg.fake_steps
+            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev, (stage, it)).detach()
+                         for _ in range(cfg.fake_steps)) / cfg.fake_steps  # on the device until it is read
             if nets.gan is not None:
                 discriminator_step(nets, source, cfg, dev, (stage, it))
             loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev, (stage, it))
             bar.update(1)
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
             record_due = it % cfg.record_every == 0 or it == cfg.budget or switch is not None or eval_due
-            mismatch = out.score_mismatch().item() if (record_due or status.due(it) or walk.switch == "adaptive") \
-                else float("nan")
+            read = record_due or status.due(it)  # values leave the device only at record and status intervals
+            mismatch = out.score_mismatch().item() if (read or walk.switch == "adaptive") else float("nan")
+            loss_f = loss_f.item() if read else float("nan")
             walk.observe(mismatch)
             if record_due:
                 rec = {"iteration": it, "wall_clock_s": run.clock.now(), "stage": "backtracking", "target": run.key,
@@ -222,7 +223,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 run.history.append(rec)
                 if on_record is not None:
                     on_record(rec)
-            status(it, target=run.key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
+            if status.due(it):
+                status(it, target=run.key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
             if store is not None and store.due(it, cfg.budget):
                 _save(store, it, cfg.budget, nets, walk, run)
     return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline")
