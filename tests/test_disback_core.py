@@ -222,3 +222,19 @@ def test_teacher_for_other_data_is_refused_in_stage_one_and_evaluation():
     with pytest.raises(ValueError, match=r"built for data of shape \(2,\).*Point teacher.checkpoint_path at"):
         evaluate_models(_teacher(), gen, FeatureSpec("none"), {}, None, {"source": "digits"},
                         {"sampler": {"nfe": 3}}, {"n_samples": 8})
+
+
+def test_an_adaptive_cap_too_long_for_the_budget_is_named(caplog):
+    """On digits at 600 iterations the default cap (500 per node) never reached the teacher (LONGRUN.md)."""
+    import logging
+
+    path, _ = _record(_teacher(), SRC, k1=6, n_nodes=4, batch_size=8, seed=0)
+    cfg = {**CFG, "switch": "adaptive", "budget": 30, "adaptive": {"cap": 12, "warmup": 2, "window": 5}}
+    with caplog.at_level(logging.WARNING):
+        distill(_teacher(), SRC, path, cfg)
+    assert "3 intermediate nodes x cap 12 = 36 iterations may pass before the teacher, and the budget is 30; " \
+           "lower backtracking.adaptive.cap (e.g. to 5)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        distill(_teacher(), SRC, path, {**cfg, "adaptive": {"cap": 5, "warmup": 2, "window": 5}})
+    assert "adaptive walk" not in caplog.text

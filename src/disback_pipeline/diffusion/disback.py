@@ -101,6 +101,12 @@ def _walk(path: DegradationPath | None, cfg: DistillConfig) -> Walk:
     if path and cfg.switch == "fixed" and not reaches_teacher(walk.segments):
         log.warning("budget %d ends before the walk reaches the teacher (%d path nodes x K2=%d)",
                     cfg.budget, len(path.keys) - 1, cfg.k2)
+    intermediate = len(path.keys) - 2 if path else 0
+    if intermediate and cfg.switch == "adaptive" and cfg.adaptive.cap * intermediate >= cfg.budget:
+        log.warning("adaptive walk: %d intermediate nodes x cap %d = %d iterations may pass before the teacher, "
+                    "and the budget is %d; lower backtracking.adaptive.cap (e.g. to %d) so the walk can end on "
+                    "the teacher", intermediate, cfg.adaptive.cap, intermediate * cfg.adaptive.cap, cfg.budget,
+                    max(cfg.adaptive.warmup + 1, cfg.budget // (2 * intermediate)))
     return walk
 
 
