@@ -40,6 +40,10 @@ class DataSource:
     def sample(self, n: int, generator: torch.Generator | None = None):
         raise NotImplementedError
 
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch as stored, in [-1, 1] float32 (images kept as uint8 convert here; others are float already)."""
+        return x
+
     def one_hot(self, labels: torch.Tensor | None):
         if not self.conditional or labels is None:
             return None
@@ -128,10 +132,6 @@ class TensorImages(DataSource):
         """Images ``idx`` as stored (float here; uint8 for the streamed sets) and their integer labels."""
         return self.images[idx], None if self.labels is None else self.labels[idx]
 
-    def to_float(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch from :meth:`raw` in [-1, 1] (float32)."""
-        return x
-
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images ``idx`` in [-1, 1] and their one-hot labels (None when unconditional)."""
         x, labels = self.raw(idx)
@@ -189,8 +189,7 @@ class ImageFolderImages(UInt8Images):
             with Image.open(file) as img:
                 array = np.asarray(_resize_center_crop(img.convert(self.mode), self.resolution))
         except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-            raise DataSourceError(f"image_folder: {file} is not a readable image ({exc}); remove it or replace "
-                                  "it with a PNG/JPEG file") from exc
+            raise _not_an_image(file, exc) from exc
         t = torch.from_numpy(array.copy())
         return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
@@ -265,11 +264,8 @@ class BatchStream:
             self._iter = self._loader() if self._workers else None
         x, labels = next(self._iter) if self._iter is not None else self._batches[self.step]
         self.step += 1
-        return self._to_float(torch.as_tensor(x)), self.source.one_hot(None if labels is None
-                                                                        else torch.as_tensor(labels))
-
-    def _to_float(self, x):
-        return self.source.to_float(x) if isinstance(self.source, TensorImages) else x
+        return self.source.to_float(torch.as_tensor(x)), self.source.one_hot(None if labels is None
+                                                                             else torch.as_tensor(labels))
 
 
 def iterate(source: TensorImages, n: int, batch_size: int = 500):
@@ -337,6 +333,11 @@ def _folder_files(root: Path, resolution: int, channels: int):
     return files, labels, num_classes
 
 
+def _not_an_image(file: Path, exc: Exception) -> DataSourceError:
+    return DataSourceError(f"image_folder: {file} is not a readable image ({exc}); remove it from {file.parent} "
+                           "or replace it with a PNG/JPEG file")
+
+
 def _check_headers(root: Path, files: list[Path], resolution: int, mode: str) -> None:
     """Open every file's header (no pixels): a non-image fails now, naming it; log what will be converted."""
     from PIL import Image
@@ -348,8 +349,7 @@ def _check_headers(root: Path, files: list[Path], resolution: int, mode: str) ->
                 converted += img.mode != mode
                 resized += img.size != (resolution, resolution)
         except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-            raise DataSourceError(f"image_folder: {f} is not a readable image ({exc}); remove it from {root} "
-                                  "or replace it with a PNG/JPEG file") from exc
+            raise _not_an_image(f, exc) from exc
     if converted or resized:
         log.info("image_folder %s: %d of %d images converted to %s, %d resized/cropped to %dx%d", root, converted,
                  len(files), mode, resized, resolution, resolution)
@@ -379,7 +379,7 @@ def load_image_folder(path: str | Path, resolution: int, channels: int = 3, cond
     """The same images as :func:`open_image_folder`, decoded whole into memory as float32 (small folders;
     the streamed source gives the same values)."""
     folder = open_image_folder(path, resolution, channels, conditional)
-    x = folder.to_float(folder.raw(torch.arange(len(folder)))[0])
+    x = folder.take(torch.arange(len(folder)))[0]
     return TensorImages(folder.name, x, folder.labels, folder.num_classes, conditional)
 
 

@@ -24,7 +24,7 @@ import logging
 import random
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 FORMAT = "disback-training-state"
 VERSION = 2  # 2: stage 1 names its snapshot blobs instead of carrying them
-# Settings that change neither the numbers nor the order of a loop's work: a state written under other values
-# of these is resumed. The device is among them on purpose (a run may move to a bigger machine); results then
+# Settings that change neither the numbers nor the order of a loop's work (data.workers: the processes that
+# decode a streamed folder, tested to give the same batches): a state written under other values of these is
+# resumed. The device is among them on purpose (a run may move to a bigger machine); results then
 # agree only up to the devices' rounding.
-NOT_FINGERPRINTED = ("log_every", "checkpoint_every", "device")
+NOT_FINGERPRINTED = ("log_every", "checkpoint_every", "device", "workers")
 
 
 class StateError(RuntimeError):
@@ -125,7 +126,6 @@ class StateStore:
     keep: int = 2
     resume: str = "auto"
     run_id: str | None = None  # the MLflow run the states belong to (kept with each state)
-    saved: list[Path] = field(default_factory=list)
 
     def __post_init__(self):
         self.folder = Path(self.folder)
@@ -223,10 +223,6 @@ class StateStore:
         for old in self.files()[self.keep:]:
             old.unlink(missing_ok=True)
         return file
-
-    def remove(self) -> None:
-        """Delete the stage's folder (tests, and users starting over)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class DivergenceError(RuntimeError):

@@ -72,21 +72,17 @@ def train_domain_classifier(source: TensorImages, steps: int = 1500, batch_size:
               "feature_dim": feature_dim}
     net = DomainClassifier(**config)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    y = source.labels
-
-    def images(idx):  # in memory, or decoded from the files (a streamed folder)
-        return source.to_float(source.raw(idx)[0])
-
+    y = source.labels  # images come from take(): in memory, or decoded from the files of a streamed folder
     for _ in range(steps):
         idx = train_idx[torch.randint(len(train_idx), (batch_size,), generator=gen)]
-        xb = images(idx) + 0.05 * torch.randn(len(idx), *source.shape, generator=gen)  # mild noise robustness
+        xb = source.take(idx)[0] + 0.05 * torch.randn(len(idx), *source.shape, generator=gen)  # mild noise robustness
         loss = F.cross_entropy(net(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     net.eval()
     with torch.no_grad():
-        correct = sum(int((net(images(part)).argmax(1) == y[part]).sum()) for part in test_idx.split(2000))
+        correct = sum(int((net(source.take(part)[0]).argmax(1) == y[part]).sum()) for part in test_idx.split(2000))
         acc = correct / len(test_idx)
     log.info("domain feature extractor: held-out accuracy %.4f on %d images", acc, n_test)
     return TrainedExtractor(net, config, acc)
