@@ -66,7 +66,8 @@ class MetricBuffer:
 
 
 def log_metrics(values: dict[str, float], step: int | None = None, prefix: str = "") -> None:
-    """Log values at ``step`` (0 when None); a key the run already holds at that step is left as it is."""
+    """Log values at ``step`` (0 when None); a key the run already holds at that step or a later one is
+    left as it is (a resumed run does not log it twice)."""
     if active():
         import mlflow
 
