@@ -45,7 +45,11 @@ from disback_pipeline.diffusion.degradation import record_degradation  # noqa: E
 from disback_pipeline.diffusion.disback import Callbacks, distill  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
 from disback_pipeline.evaluation.convergence import first_reaching  # noqa: E402
-from disback_pipeline.evaluation.features import train_domain_classifier  # noqa: E402
+from disback_pipeline.evaluation.features import (  # noqa: E402
+    DomainClassifier,
+    TrainedExtractor,
+    train_domain_classifier,
+)
 from disback_pipeline.evaluation.quality import (  # noqa: E402
     FeatureSpec,
     quality,
@@ -77,9 +81,25 @@ DATASETS = {
 }
 
 
+def domain_classifier(source, steps: int, teacher_cache: Path | None) -> TrainedExtractor:
+    """The digits feature extractor (seed 0), kept beside the cached teacher so parallel runs train it once."""
+    cache = teacher_cache.with_name(teacher_cache.name.replace("_teacher", "_domain")) if teacher_cache else None
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        net = DomainClassifier(**saved["config"])
+        net.load_state_dict(saved["state_dict"])
+        return TrainedExtractor(net.eval(), saved["config"], saved["test_accuracy"])
+    trained = train_domain_classifier(source, steps=steps, seed=0)
+    if cache is not None:
+        torch.save({"state_dict": trained.net.state_dict(), "config": trained.config,
+                    "test_accuracy": trained.test_accuracy}, cache)
+    return trained
+
+
 def setup(name: str, args) -> dict:
     """Teacher (trained, or reused from --teacher-cache), feature extractor, reference statistics."""
     env, data_override = DATASETS[name]
+    device = getattr(args, "device", "cpu")  # sweep.py places each run itself
     p = env_params(env)
     p["data"] = {**p["data"], **data_override}
     source = make_data_source(p["data"])
@@ -92,13 +112,14 @@ def setup(name: str, args) -> dict:
         teacher = load_checkpoint(cache)
         teacher_s = float(teacher.metadata["train_seconds"])
     else:
-        teacher, _ = pretrain_teacher(source, p["teacher"]["network"], training, seed=0, device="cpu")
+        teacher, _ = pretrain_teacher(source, p["teacher"]["network"], training, seed=0, device=device)
         teacher_s = time.perf_counter() - t0
         if cache is not None:
             teacher.metadata["train_seconds"] = teacher_s
             save_checkpoint(teacher, cache)
+    teacher.net.to(device)  # the teacher samples and serves as target on the runs' device
     if name == "digits":
-        trained = train_domain_classifier(source, steps=int(p["evaluation"]["domain"]["steps"]), seed=0)
+        trained = domain_classifier(source, int(p["evaluation"]["domain"]["steps"]), cache)
         features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
         reference = reference_statistics(features.extract(source.images))
         metric = "fid"
@@ -223,6 +244,7 @@ def add_run_options(ap: argparse.ArgumentParser, teacher_cache: str) -> None:
     ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
     ap.add_argument("--teacher-cache", default=teacher_cache, help="folder to keep/reuse each data set's teacher")
     ap.add_argument("--set", action="append", default=[], help="stage.key=value on top of conf for every run")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: teacher pre-training, stage 1 and stage 2")
 
 
 def main(argv=None) -> int:
@@ -260,7 +282,8 @@ def main(argv=None) -> int:
                 for arm in arms:
                     t = time.perf_counter()
                     enabled, overrides = ARMS[arm]
-                    rows = run_one(ctx, loss, seed, enabled, args, soft_merge(parse_set(args.set), overrides))
+                    rows = run_one(ctx, loss, seed, enabled, args, soft_merge(parse_set(args.set), overrides),
+                                   device=args.device)
                     rows.insert(0, "dataset", name)
                     rows.insert(1, "loss", loss)
                     rows.insert(2, "method", arm)

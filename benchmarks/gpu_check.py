@@ -57,7 +57,8 @@ def peak_flops(device: str) -> float | None:
     return next((v for k, v in BF16_PEAK.items() if k in name), None)
 
 
-def run_lane(lane: str, net_cfg: dict, batch: int, iterations: int, device: str, channels_last: bool) -> dict:
+def run_lane(lane: str, net_cfg: dict, batch: int, iterations: int, device: str, channels_last: bool,
+             profile: bool = False) -> dict:
     settings = LANES[lane]
     cfg = from_dict(DistillConfig, {"loss": "dmd", "s_init": 80.0, "k2": 0, "lr_generator": 2e-6, "lr_fake": 2e-6,
                                     "batch_size": batch, "ema_decay": 0.999, "device": device,
@@ -87,6 +88,8 @@ def run_lane(lane: str, net_cfg: dict, batch: int, iterations: int, device: str,
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     it_s = iterations / seconds
+    if profile:
+        print_profile(step, device)
     peak = peak_flops(device)
     return {"lane": lane, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "parameters": sum(p.numel() for p in teacher.net.parameters()), "batch": batch,
@@ -94,6 +97,20 @@ def run_lane(lane: str, net_cfg: dict, batch: int, iterations: int, device: str,
             "generator_images_per_s": it_s * batch * 2, "flops_per_iteration": flops,
             "achieved_tflops": flops * it_s / 1e12, "bf16_peak_fraction": flops * it_s / peak if peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+
+
+def print_profile(step, device: str, rows: int = 15) -> None:
+    """The step's operators by their own device time (3 steps), to stderr: where a slow lane spends it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    sys.stderr.write(prof.key_averages().table(sort_by=key, row_limit=rows) + "\n")
 
 
 def count_flops(step) -> int:
@@ -112,6 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--profile", default="", help="comma list of lanes whose operators to list by device time")
     args = ap.parse_args(argv)
     lanes = args.lanes.split(",")
     unknown = [lane for lane in lanes if lane not in LANES]
@@ -121,7 +139,7 @@ def main(argv=None) -> int:
     results = {}
     for lane in lanes:
         results[lane] = run_lane(lane, TINY if args.tiny else ADM_IMAGENET64, args.batch, args.iterations, device,
-                                 not args.no_channels_last)
+                                 not args.no_channels_last, lane in args.profile.split(","))
         sys.stdout.write(json.dumps(results[lane]) + "\n")
         sys.stdout.flush()
     if "fp32" in results and "bf16" in results:

@@ -48,7 +48,8 @@ def recipe_name(items: list[str]) -> str:
 
 
 def plan(datasets, losses, methods, seeds) -> list[tuple]:
-    return [(d, loss, m, s) for d in datasets for loss in losses for s in range(seeds) for m in methods]
+    # seed outermost: a study cut short (or split into parts) has whole seeds of every (data, loss, method)
+    return [(d, loss, m, s) for s in range(seeds) for d in datasets for loss in losses for m in methods]
 
 
 def run_part(args) -> None:
@@ -79,7 +80,7 @@ def run_part(args) -> None:
         t = time.perf_counter()
         rows = run_one(ctx[data], loss, seed, enabled, args,
                        {"backtracking": {**overrides.get("backtracking", {}), **bt},
-                        "degradation": overrides.get("degradation", {})}, extra_metrics=EXTRA)
+                        "degradation": overrides.get("degradation", {})}, device=args.device, extra_metrics=EXTRA)
         for i, (col, val) in enumerate((("dataset", data), ("loss", loss), ("method", method), ("seed", seed),
                                         ("recipe", recipe))):
             rows.insert(i, col, val)
