@@ -22,7 +22,17 @@ from .path import DegradationPath, PathNode, Probe, candidate_steps, pick_by_dis
 from .sampling import draw_generator_batch
 from .state import StateStore
 from .teacher import check_teacher_fits
-from .training import StatusLine, frozen, make_adam, mean_loss, progress, seed_everything, select_device, train_step
+from .training import (
+    StatusLine,
+    autocast,
+    frozen,
+    make_adam,
+    mean_loss,
+    progress,
+    seed_everything,
+    select_device,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +102,8 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
     with progress(cfg.k1, "degradation") as bar:
         bar.update(first - 1)
         for step in range(first, cfg.k1 + 1):
-            x0, labels = draw_generator_batch(generator, source, cfg.batch_size, s_init, dev)
+            with autocast(dev, cfg.bf16):  # the frozen generator's forward in the step's precision
+                x0, labels = draw_generator_batch(generator, source, cfg.batch_size, s_init, dev)
             loss = train_step(opt, mean_loss, loss_fn, degraded, x0, labels, device=dev, bf16=cfg.bf16,
                               where=("stage 1 (degradation recording)", step))
             if step in snap_steps:

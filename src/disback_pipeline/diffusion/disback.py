@@ -34,6 +34,7 @@ from .teacher import check_teacher_fits
 from .training import (
     EMA,
     StatusLine,
+    autocast,
     frozen,
     make_adam,
     mean_loss,
@@ -119,8 +120,9 @@ def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn
 
 def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: DistillConfig, dev,
                     where: tuple[str, int] | None = None) -> torch.Tensor:
-    """Step 1: one DSM step of the fake score on detached generator samples."""
-    x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
+    """Step 1: one DSM step of the fake score on detached generator samples (drawn under the step's autocast)."""
+    with autocast(dev, cfg.bf16):
+        x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
     return train_step(nets.opt_f, mean_loss, loss_fn, nets.fake, x0.detach(), labels, device=dev, bf16=cfg.bf16,
                       where=where)
 
@@ -130,7 +132,8 @@ def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev,
     """With gan_weight > 0: one step of the adversarial head, real data against detached generator samples."""
     real, real_labels = source.sample(cfg.batch_size)
     real, real_labels = real.to(dev), None if real_labels is None else real_labels.to(dev)
-    x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
+    with autocast(dev, cfg.bf16):
+        x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
     return train_step(nets.opt_d, nets.gan.discriminator_loss, nets.fake, real, real_labels, x0, labels,
                       device=dev, bf16=cfg.bf16, where=where)
 

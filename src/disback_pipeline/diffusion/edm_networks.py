@@ -141,10 +141,13 @@ class UNetBlock(nn.Module):
         if self.num_heads:
             b, c, h, w = x.shape
             # EDM's layout of the qkv channels (heads, then channels, then q/k/v), attention through torch's fused
-            # kernel (softmax(q k^T / sqrt(channels per head)) v, as EDM's einsum form computes it)
-            q, k, v = self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, -1).unbind(2)
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            x = (self.proj(attn.transpose(1, 2).reshape(b, c, h, w)) + x) * self.skip_scale
+            # kernel (softmax(q k^T / sqrt(channels per head)) v, as EDM's einsum form computes it). The fused
+            # kernels take only 4-D (batch, heads, tokens, channels) inputs with contiguous channels; anything else
+            # falls back to the unfused math path (two bmm and a softmax), so the layout is made explicit here.
+            qkv = self.qkv(self.norm2(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
+            q, k, v = (t.transpose(-1, -2).contiguous() for t in qkv.unbind(3))
+            attn = F.scaled_dot_product_attention(q, k, v)
+            x = (self.proj(attn.transpose(-1, -2).reshape(b, c, h, w)) + x) * self.skip_scale
         return x
 
 
