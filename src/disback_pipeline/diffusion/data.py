@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from . import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -202,19 +204,21 @@ class _SeededBatches(torch.utils.data.Dataset):
     """Item ``step`` is the batch of that step: indices from a generator seeded by (seed, step) alone, so a
     stream can start at any step (resume) and several ranks can each take a slice of the same batch."""
 
-    def __init__(self, source: DataSource, batch_size: int, seed: int):
+    def __init__(self, source: DataSource, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.source, self.batch_size, self.seed = source, int(batch_size), int(seed)
+        self.part = slice(rank * self.batch_size, (rank + 1) * self.batch_size)  # this rank's rows
+        self.global_size = self.batch_size * world
 
     def __len__(self):
         return 2**62
 
     def __getitem__(self, step: int):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-        if isinstance(self.source, TensorImages):
-            x, labels = self.source.raw(torch.randint(len(self.source), (self.batch_size,), generator=gen))
+        if isinstance(self.source, TensorImages):  # only this rank's images are decoded
+            x, labels = self.source.raw(torch.randint(len(self.source), (self.global_size,), generator=gen)[self.part])
             return _plain(x), None if labels is None else labels.numpy()
-        x, labels = self.source.sample(self.batch_size, gen)
-        return x, None if labels is None else labels.argmax(1).numpy()
+        x, labels = self.source.sample(self.global_size, gen)
+        return x[self.part], None if labels is None else labels[self.part].argmax(1).numpy()
 
 
 def _plain(x: torch.Tensor):
@@ -241,7 +245,8 @@ class BatchStream:
     def __init__(self, source: DataSource, batch_size: int, seed: int, start: int = 1):
         self.source, self.batch_size = source, int(batch_size)
         self.step = int(start)
-        self._batches = _SeededBatches(source, batch_size, seed)
+        r = distributed.ranks()  # each rank takes its slice of the one global stream
+        self._batches = _SeededBatches(source, batch_size, seed, r.rank, r.world)
         self._workers = source.workers if isinstance(source, ImageFolderImages) else 0
         self._iter = None
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import distributed
 from .checkpoint import Checkpoint
 from .config import DegradationConfig
 from .data import DataSource
@@ -44,8 +45,9 @@ def make_probe(generator, source: DataSource, s_init: float, n: int, seed: int, 
     """A noised batch of the generator's samples, drawn from its own seed (the global RNG is restored)."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    x0, labels = draw_generator_batch(generator, source, n, s_init, device)
-    sigma = lognormal_sigma(n, P_mean, P_std, device)
+    with distributed.whole():  # every rank measures the path on the same whole probe
+        x0, labels = draw_generator_batch(generator, source, n, s_init, device)
+        sigma = lognormal_sigma(n, P_mean, P_std, device)
     x = x0 + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * torch.randn_like(x0)
     torch.random.set_rng_state(state)
     return Probe(x, sigma, labels)
@@ -79,6 +81,7 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
 
 
 def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, on_record, store):
+    on_record = on_record if distributed.ranks().writer else None  # rank 0 reports
     """Stage 1's DSM steps on the generator's samples; returns the kept snapshots, the history and the
     stage's start time (moved back by the time of the run that was resumed)."""
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import distributed
 from .checkpoint import Checkpoint
 from .config import DistillConfig, from_dict
 from .data import DataSource
@@ -130,7 +131,8 @@ def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: Dist
 def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev,
                        where: tuple[str, int] | None = None) -> torch.Tensor:
     """With gan_weight > 0: one step of the adversarial head, real data against detached generator samples."""
-    real, real_labels = source.sample(cfg.batch_size)
+    real, real_labels = source.sample(distributed.global_size(cfg.batch_size))  # this rank's slice follows
+    real, real_labels = distributed.local(real), None if real_labels is None else distributed.local(real_labels)
     real, real_labels = real.to(dev), None if real_labels is None else real_labels.to(dev)
     with autocast(dev, cfg.bf16):
         x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
@@ -183,7 +185,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     ``on_record`` again).
     """
     cfg = cfg if isinstance(cfg, DistillConfig) else from_dict(DistillConfig, cfg, "backtracking")
-    cb = callbacks or Callbacks()
+    cb = callbacks if callbacks is not None and distributed.ranks().writer else Callbacks()  # rank 0 reports
     on_record, evaluate, on_switch = cb.on_record, cb.evaluate, cb.on_switch
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
@@ -221,7 +223,9 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
             record_due = it % cfg.record_every == 0 or it == cfg.budget or switch is not None or eval_due
             read = record_due or status.due(it)  # values leave the device only at record and status intervals
-            mismatch = out.score_mismatch().item() if (read or walk.switch == "adaptive") else float("nan")
+            mismatch = out.score_mismatch().detach()
+            distributed.average([mismatch])  # every rank's walk sees the global batch's mismatch
+            mismatch = mismatch.item() if (read or walk.switch == "adaptive") else float("nan")
             loss_f = loss_f.item() if read else float("nan")
             walk.observe(mismatch)
             if record_due:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed
+
 
 def _sum_per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
@@ -50,14 +52,14 @@ def weights_frozen(net: torch.nn.Module):
 
 
 def lognormal_sigma(n: int, P_mean: float, P_std: float, device="cpu") -> torch.Tensor:
-    """Noise levels with ln(sigma) ~ Normal(P_mean, P_std) (global RNG)."""
-    return (torch.randn(n, device=device) * float(P_std) + float(P_mean)).exp()
+    """Noise levels with ln(sigma) ~ Normal(P_mean, P_std) (global RNG; this rank's slice of the global batch)."""
+    return (distributed.randn(n, device=device) * float(P_std) + float(P_mean)).exp()
 
 
 def loguniform_sigma(n: int, sigma_min: float, sigma_max: float, device="cpu") -> torch.Tensor:
     """Noise levels with ln(sigma) ~ Uniform(ln sigma_min, ln sigma_max) (global RNG)."""
     lo, hi = torch.tensor([float(sigma_min), float(sigma_max)]).log()
-    return (torch.rand(n, device=device) * (hi - lo) + lo).exp()
+    return (distributed.rand(n, device=device) * (hi - lo) + lo).exp()
 
 
 def karras_sigma(n: int, t_max: float = 0.8, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -65,7 +67,7 @@ def karras_sigma(n: int, t_max: float = 0.8, sigma_min: float = 0.002, sigma_max
     """Noise levels on EDM's schedule (sigma_min^(1/rho) .. sigma_max^(1/rho), to the power rho)
     at a uniform position t in [0, t_max]: t = 0 is sigma_min and t = 1 is sigma_max, so
     t_max < 1 leaves out the largest noise levels (global RNG)."""
-    t = torch.rand(n, device=device) * float(t_max)
+    t = distributed.rand(n, device=device) * float(t_max)
     lo, hi = float(sigma_min) ** (1 / rho), float(sigma_max) ** (1 / rho)
     return (lo + t * (hi - lo)) ** rho
 
@@ -95,7 +97,7 @@ class EDMLoss:
         if sigma is None:
             sigma = lognormal_sigma(x0.shape[0], self.P_mean, self.P_std, x0.device)
         if noise is None:
-            noise = torch.randn_like(x0)
+            noise = distributed.randn_like(x0)
         denoised = net(x0 + _per_sample(sigma, x0) * noise, sigma, labels)
         return self.weight(sigma) * _sum_per_sample((denoised - x0) ** 2)
 
@@ -150,7 +152,7 @@ class DILoss:
 
     def __call__(self, x0: torch.Tensor, fake, target, labels=None) -> GeneratorLossOutput:
         sigma = self.sample_sigma(x0.shape[0], x0.device)
-        x_s = x0.detach() + _per_sample(sigma, x0) * torch.randn_like(x0)
+        x_s = x0.detach() + _per_sample(sigma, x0) * distributed.randn_like(x0)
         with torch.no_grad():
             d_fake = fake(x_s, sigma, labels)
             d_target = target(x_s, sigma, labels)
@@ -206,7 +208,7 @@ class SiDLoss:
 
     def __call__(self, x0: torch.Tensor, fake, target, labels=None) -> GeneratorLossOutput:
         sigma = self.sample_sigma(x0.shape[0], x0.device)
-        x_t = x0 + _per_sample(sigma, x0) * torch.randn_like(x0)
+        x_t = x0 + _per_sample(sigma, x0) * distributed.randn_like(x0)
         with weights_frozen(fake):  # only the input carries gradient; the fake score is trained elsewhere
             d_fake = fake(x_t, sigma, labels).float()
             d_target = target(x_t, sigma, labels).float()
@@ -280,18 +282,18 @@ class AdversarialTerm:
 
     def _logits(self, fake, x, labels) -> torch.Tensor:
         sigma = lognormal_sigma(x.shape[0], self.P_mean, self.P_std, x.device)
-        x_s = x + _per_sample(sigma, x) * torch.randn_like(x)
+        x_s = x + _per_sample(sigma, x) * distributed.randn_like(x)
         return self.head(self._features(fake, x_s, sigma, labels)).squeeze(1)
 
     def discriminator_loss(self, fake, real, real_labels, generated, generated_labels) -> torch.Tensor:
         """Logistic loss of the head: real -> 1, generated -> 0 (features without gradient)."""
         with torch.no_grad():
             sigma_r = lognormal_sigma(real.shape[0], self.P_mean, self.P_std, real.device)
-            f_real = self._features(fake, real + _per_sample(sigma_r, real) * torch.randn_like(real), sigma_r,
+            f_real = self._features(fake, real + _per_sample(sigma_r, real) * distributed.randn_like(real), sigma_r,
                                     real_labels)
             sigma_g = lognormal_sigma(generated.shape[0], self.P_mean, self.P_std, generated.device)
-            f_gen = self._features(fake, generated + _per_sample(sigma_g, generated) * torch.randn_like(generated),
-                                   sigma_g, generated_labels)
+            noised = generated + _per_sample(sigma_g, generated) * distributed.randn_like(generated)
+            f_gen = self._features(fake, noised, sigma_g, generated_labels)
         logits_real, logits_gen = self.head(f_real).squeeze(1), self.head(f_gen).squeeze(1)
         return torch.nn.functional.softplus(-logits_real).mean() + torch.nn.functional.softplus(logits_gen).mean()
 

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import distributed
+
 if TYPE_CHECKING:
     from .data import DataSource
 
@@ -66,8 +68,8 @@ def one_step_generate(generator, z: torch.Tensor, s_init: float, class_labels=No
 
 def draw_generator_batch(generator, source: DataSource, n: int, s_init: float, device, grad: bool = False):
     """One-step samples x0 = G(z) and the labels they were generated with."""
-    z = torch.randn((n, *source.shape), device=device)
-    labels = source.random_labels(n)
-    labels = None if labels is None else labels.to(device)
+    z = distributed.randn(n, *source.shape, device=device)  # this rank's slice of the global batch
+    labels = source.random_labels(distributed.global_size(n))
+    labels = None if labels is None else distributed.local(labels).to(device)
     with torch.set_grad_enabled(grad):
         return one_step_generate(generator, z, s_init, labels), labels

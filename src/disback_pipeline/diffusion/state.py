@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from .checkpoint import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ def rng_state() -> dict[str, Any]:
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        # data-parallel ranks each draw on their own device from the same stream: rank 0's device state is
+        # what every rank continues from
+        state["cuda_current"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -66,7 +70,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if distributed.ranks().world > 1 and "cuda_current" in state:
+            torch.cuda.set_rng_state(state["cuda_current"])
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _flat(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -142,7 +149,16 @@ class StateStore:
         return iteration == total or (self.every > 0 and iteration % self.every == 0)
 
     def begin(self) -> dict[str, Any] | None:
-        """The state to continue from, or None (and an emptied folder) when the stage starts afresh."""
+        """The state to continue from, or None (and an emptied folder) when the stage starts afresh.
+
+        With several ranks, rank 0 decides first (and clears or sets aside what it must); the others then
+        read what it left, so every rank starts from the same state."""
+        writer = distributed.ranks().writer
+        state = self._begin() if writer else None
+        distributed.barrier()
+        return state if writer else self._begin()
+
+    def _begin(self) -> dict[str, Any] | None:
         if self.resume == "never":
             self._clear("checkpointing.resume is never")
             return None
@@ -187,6 +203,8 @@ class StateStore:
         return None
 
     def _clear(self, why: str) -> None:
+        if not distributed.ranks().writer:
+            return
         old = self.files()
         if old:
             log.info("%s: starting afresh (%s); removing %d old training state(s) in %s", self.stage, why,
@@ -198,7 +216,8 @@ class StateStore:
     def put_blob(self, name: str, obj: Any) -> None:
         """Write a large piece of state once (stage 1's snapshots), outside the state files: a state then
         names its blobs instead of carrying them, so states stay small however many snapshots there are."""
-        atomic_torch_save(obj, self.folder / "blobs" / f"{name}.pt")
+        if distributed.ranks().writer:
+            atomic_torch_save(obj, self.folder / "blobs" / f"{name}.pt")
 
     def get_blob(self, name: str) -> Any:
         file = self.folder / "blobs" / f"{name}.pt"
@@ -215,8 +234,10 @@ class StateStore:
 
         ``modules`` are checked for non-finite weights first: a state is only written when it is good.
         """
-        check_finite(self.stage, iteration, modules)
+        check_finite(self.stage, iteration, modules)  # on every rank: they hold the same weights
         file = self.folder / f"state-{iteration:09d}.pt"
+        if not distributed.ranks().writer:
+            return file
         atomic_torch_save({"format": FORMAT, "version": VERSION, "stage": self.stage, "iteration": int(iteration),
                            "complete": bool(complete), "fingerprint": self.fingerprint, "run_id": self.run_id,
                            "rng": rng_state(), **payload}, file)
@@ -235,6 +256,9 @@ class DivergenceError(RuntimeError):
             "last good training state, and earlier outputs are untouched. Lower the learning rate (or set "
             "grad_clip) and re-run: with checkpointing.resume = auto the stage continues from that state."
         )
+
+    def __reduce__(self):  # travels from a data-parallel rank to the launching process as itself
+        return type(self), (self.stage, self.iteration, self.what, self.value)
 
 
 def check_finite(stage: str, iteration: int, modules: Iterable[torch.nn.Module]) -> None:

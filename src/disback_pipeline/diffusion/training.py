@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainingConfig
 from .losses import EDMLoss
 from .state import DivergenceError, StateStore
@@ -115,6 +116,10 @@ def train_step(opt: torch.optim.Optimizer, compute_loss: Callable[..., Any], *ar
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if distributed.ranks().world > 1:  # the global batch's mean: gradients and loss averaged over the ranks
+        loss = loss.detach().float().clone()
+        distributed.average([*(p.grad for p in params), loss])
+        out = (loss, *out[1:]) if isinstance(out, tuple) else loss
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if grad_clip:
         torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
@@ -174,6 +179,8 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.lr_schedule, steps, cfg.warmup_steps))
     history: list[dict] = []
     first, clock = 1, 0.0
+    if not distributed.ranks().writer:
+        on_step = None  # rank 0 reports
     state = store.begin() if store is not None else None
     if state is not None:
         net.load_state_dict(state["modules"]["net"])
