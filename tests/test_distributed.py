@@ -142,3 +142,47 @@ def test_one_rank_is_the_plain_call():
     assert distributed.global_size(8) == 8
     x = torch.arange(6)
     assert distributed.local(x) is x
+
+
+@pytest.mark.slow
+def test_kedro_run_on_two_ranks_equals_one_process(project):
+    """`kedro run --pipelines=distill` with distributed.nproc 2: the nodes start the ranks; the run's MLflow
+    curves are whole, and its weights equal a 1-process run with each batch doubled (the global batch)."""
+    import json
+
+    import mlflow
+
+    project.edit("toy2d", "parameters_teacher", teacher__training__steps=30, teacher__training__batch_size=64,
+                 teacher__sampler__num_samples=200, teacher__network__mlp__width=32)
+    project.edit("toy2d", "parameters_degradation", degradation__k1=12, degradation__candidates=4,
+                 degradation__probe_size=64, degradation__batch_size=32)
+    project.edit("toy2d", "parameters_backtracking", backtracking__budget=12, backtracking__k2=3,
+                 backtracking__eval_every=6, backtracking__batch_size=32)
+    project.edit("toy2d", "parameters_evaluation", evaluation__reference_samples=500, evaluation__n_samples=500,
+                 evaluation__batch_size=500, evaluation__proxy_samples=100, evaluation__grid_samples=100)
+    models = project.path / "data/toy2d/06_models"
+
+    def weights():
+        return {name: torch.load(models / name, weights_only=True)["state_dict"]
+                for name in ("teacher.pt", "generator.pt", "generator_ema.pt")}
+
+    project.edit("toy2d", "parameters_distributed", distributed__nproc=2)
+    project.run("distill", env="toy2d")
+    two = weights()
+    run = mlflow.search_runs(experiment_names=None, search_all_experiments=True, output_format="list")[0]
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "teacher/loss")
+    assert [m.step for m in history] == list(range(1, 31))  # rank 0's history, logged by the node
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "degradation/dsm_loss")) > 0
+    assert "backtracking/proxy_reverse_kl" in run.data.metrics  # rank 0 evaluated during stage 2
+    metrics_two = json.loads((project.path / "data/toy2d/08_reporting/metrics.json").read_text())
+
+    project.edit("toy2d", "parameters_distributed", distributed__nproc=1)
+    project.edit("toy2d", "parameters_teacher", teacher__training__batch_size=128)
+    project.edit("toy2d", "parameters_degradation", degradation__batch_size=64)
+    project.edit("toy2d", "parameters_backtracking", backtracking__batch_size=64)
+    project.run("distill", env="toy2d")  # the changed batches retrain every stage (finished states superseded)
+    one = weights()
+    for name in one:
+        assert max_diff(one[name], two[name]) < TOL, name
+    metrics_one = json.loads((project.path / "data/toy2d/08_reporting/metrics.json").read_text())
+    assert metrics_two["student"]["reverse_kl"] == pytest.approx(metrics_one["student"]["reverse_kl"], rel=1e-3)

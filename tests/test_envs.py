@@ -34,7 +34,7 @@ def test_env_has_every_pipeline_key(env):
         assert key in params, key
     assert params["teacher"]["sampler"]["nfe"] % 2 == 1
     assert set(validate_parameters(params)) == {"data", "teacher", "degradation", "backtracking", "evaluation",
-                                                "checkpointing"}
+                                                "checkpointing", "distributed"}
     assert params["checkpointing"]["dir"] == f"data/{env}/09_training_state"  # one output tree per env
 
 

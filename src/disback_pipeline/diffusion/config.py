@@ -426,8 +426,21 @@ class CheckpointingConfig:
             raise ConfigError("dir must name a folder")
 
 
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Data-parallel training of the three loops: ``nproc`` ranks on this machine share each step's global batch
+    (``batch_size`` is per rank: global batch = batch_size x nproc)."""
+
+    nproc: int = 1                    # ranks (processes); 1 = one process, no torch.distributed (count)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA (one GPU a rank), gloo on the CPU
+
+    def __post_init__(self):
+        _at_least(self, 1, "nproc")
+
+
 STAGES = {"data": DataConfig, "teacher": TeacherConfig, "degradation": DegradationConfig,
-          "backtracking": DistillConfig, "evaluation": EvaluationConfig, "checkpointing": CheckpointingConfig}
+          "backtracking": DistillConfig, "evaluation": EvaluationConfig, "checkpointing": CheckpointingConfig,
+          "distributed": DistributedConfig}
 
 
 def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:

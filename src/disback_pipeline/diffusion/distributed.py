@@ -133,24 +133,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-@dataclass(frozen=True)
-class DistributedConfig:
-    """``distributed:`` of a training stage: how many ranks share its global batch."""
-
-    nproc: int = 1          # ranks (processes) on this machine; 1 = no torch.distributed (count)
-    backend: str = "auto"   # auto (nccl on CUDA, gloo on the CPU) | gloo | nccl
-
-    def __post_init__(self):
-        if self.nproc < 1:
-            raise ValueError(f"distributed.nproc must be >= 1, got {self.nproc}")
-        if self.backend not in ("auto", "gloo", "nccl"):
-            raise ValueError(f"distributed.backend must be auto, gloo or nccl, got {self.backend!r}")
-
-
 def pick_backend(backend: str, device: str) -> str:
+    """``auto``: nccl when the stage trains on CUDA, gloo on the CPU."""
     if backend != "auto":
         return backend
     return "nccl" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "gloo"
+
+
+def run(fn: Callable, *args: Any, nproc: int, backend: str, device: str, **kwargs: Any) -> Any:
+    """:func:`launch` with the backend chosen for ``device`` (``backend`` auto); ``nproc`` 1 calls ``fn``."""
+    return launch(fn, *args, nproc=nproc, backend=pick_backend(backend, device), **kwargs)
 
 
 def _entry(backend: str, error_file: str, fn: Callable, args: tuple, kwargs: dict) -> Any:

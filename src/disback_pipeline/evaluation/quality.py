@@ -52,6 +52,9 @@ class FeatureSpec:
     def label(self) -> str:
         return self.kind
 
+    def __getstate__(self):  # travels to data-parallel ranks without the loaded TorchScript (reloaded there)
+        return {**self.__dict__, "_inception": None}
+
 
 CHUNK = 500  # rows per step of the moment sums (the reference images stream through in batches of this size)
 

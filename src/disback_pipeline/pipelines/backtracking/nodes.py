@@ -9,9 +9,10 @@ import pandas as pd
 import torch
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import DistillConfig, EvaluationConfig, from_dict
+from ...diffusion.config import DistillConfig, DistributedConfig, EvaluationConfig, from_dict
 from ...diffusion.data import make_data_source
 from ...diffusion.disback import Callbacks, distill
+from ...diffusion.distributed import run as ranks_run
 from ...diffusion.path import DegradationPath
 from ...diffusion.state import state_dict_sha256, weights_sha256
 from ...diffusion.training import HISTORY_COLUMNS
@@ -25,17 +26,29 @@ log = logging.getLogger(__name__)
 LOGGED = ("loss_generator", "loss_fake_score", "score_mismatch")
 
 
-def _proxy_evaluator(source, feature_extractor: FeatureSpec, reference_stats: dict, evaluation: EvaluationConfig,
-                     s_init: float):
-    """Quality of the EMA generator on a small fixed sample set, labelled proxy_*."""
-    n, seed = evaluation.proxy_samples, evaluation.seed
+class ProxyEvaluator:
+    """Quality of the EMA generator on a small fixed sample set, labelled proxy_* (a class, not a closure, so it
+    travels to data-parallel ranks, where rank 0 calls it)."""
 
-    def evaluate(generator: torch.nn.Module) -> dict:
-        x, _ = sample_generator(generator, source, n, seed, s_init)
-        return {f"proxy_{k}": v for k, v in quality(x, source, feature_extractor, reference_stats, seed).items()
+    def __init__(self, source, feature_extractor: FeatureSpec, reference_stats: dict, evaluation: EvaluationConfig,
+                 s_init: float):
+        self.source, self.features, self.reference = source, feature_extractor, reference_stats
+        self.n, self.seed, self.s_init = evaluation.proxy_samples, evaluation.seed, s_init
+
+    def __call__(self, generator: torch.nn.Module) -> dict:
+        x, _ = sample_generator(generator, self.source, self.n, self.seed, self.s_init)
+        return {f"proxy_{k}": v for k, v in quality(x, self.source, self.features, self.reference, self.seed).items()
                 if isinstance(v, float)}
 
-    return evaluate
+
+class SwitchSampler:
+    """The EMA generator's samples at each change of target (for the switch figure)."""
+
+    def __init__(self, source, n: int, seed: int, s_init: float):
+        self.source, self.n, self.seed, self.s_init = source, n, seed, s_init
+
+    def __call__(self, iteration, target, generator):
+        return sample_generator(generator, self.source, self.n, self.seed, self.s_init)[0]
 
 
 def path_digest(path: DegradationPath | None) -> list[str]:
@@ -45,10 +58,10 @@ def path_digest(path: DegradationPath | None) -> list[str]:
     return [f"{n.key}:{n.sha256 or state_dict_sha256(n.state_dict)}" for n in path.nodes]
 
 
-def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath,
+def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPath,  # noqa: PLR0913 - the node's inputs and where
                      reference: tuple[FeatureSpec, dict], data: dict[str, Any], backtracking: dict[str, Any],
                      evaluation: dict[str, Any], checkpointing: dict[str, Any] | None = None,
-                     where: str = "backtracking"):
+                     where: str = "backtracking", distributed: dict[str, Any] | None = None):
     """Shared by ``backtracking`` and ``compare``: returns (result, stage-2 history rows, switch figure).
 
     ``reference`` is the feature extractor and the reference statistics of the proxy quality. ``where`` names
@@ -67,10 +80,7 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
     stage1 = float(degradation_path.metadata.get("stage1_seconds", 0.0)) if enabled else 0.0
     metrics = MetricBuffer(prefix=metric_prefix)
     ev = from_dict(EvaluationConfig, evaluation, "evaluation")
-    n_grid, seed = ev.grid_samples, ev.seed
-    def on_switch(iteration, target, generator):
-        return sample_generator(generator, source, n_grid if len(source.shape) > 1 else 2000, seed, s_init)[0]
-
+    on_switch = SwitchSampler(source, ev.grid_samples if len(source.shape) > 1 else 2000, ev.seed, s_init)
     switches: list[dict] = []
 
     def on_record(rec):
@@ -85,9 +95,14 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
                                                               ("proxy_samples", "grid_samples", "seed")},
                         teacher_sha256=weights_sha256(teacher_model.net), path=path_digest(path),
                         reference=str(reference_stats.get("hash")))
-    callbacks = Callbacks(on_record, _proxy_evaluator(source, feature_extractor, reference_stats, ev, s_init),
-                          on_switch)
-    result = distill(teacher_model, source, path, cfg, time_offset=stage1, callbacks=callbacks, store=store)
+    ranks = from_dict(DistributedConfig, distributed or {}, "distributed")
+    # with several ranks, rank 0 evaluates and samples; its history comes back and is logged here
+    callbacks = Callbacks(on_record if ranks.nproc == 1 else None,
+                          ProxyEvaluator(source, feature_extractor, reference_stats, ev, s_init), on_switch)
+    result = ranks_run(distill, teacher_model, source, path, cfg, time_offset=stage1, callbacks=callbacks,
+                       store=store, nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
+    for rec in result.history if ranks.nproc > 1 else ():
+        on_record(rec)
     metrics.flush()
     log_dict(switches, f"{metric_prefix}switches.json")
     log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
@@ -103,9 +118,10 @@ def join_history(degradation_history: pd.DataFrame, stage2_rows: list[dict], ena
     return history[HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]]
 
 
-def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath, feature_extractor: FeatureSpec,
+def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPath, feature_extractor: FeatureSpec,  # noqa: PLR0913 - one argument per catalog input
                       reference_stats: dict, data: dict[str, Any], backtracking: dict[str, Any],
-                      evaluation: dict[str, Any], checkpointing: dict[str, Any] | None = None):
+                      evaluation: dict[str, Any], checkpointing: dict[str, Any] | None = None,
+                      distributed: dict[str, Any] | None = None):
     """Score distillation of the one-step generator (DisBack, or the baseline when disabled).
 
     Returns the raw and EMA generator checkpoints, stage 2's history rows and a
@@ -114,7 +130,7 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     cfg = from_dict(DistillConfig, backtracking, "backtracking")
     name_run(f"{cfg.method}-{cfg.loss}-{data.get('source')}-seed{cfg.seed}")
     result, rows, figure = run_distillation(teacher_model, degradation_path, (feature_extractor, reference_stats),
-                                            data, backtracking, evaluation, checkpointing)
+                                            data, backtracking, evaluation, checkpointing, distributed=distributed)
     return result.generator, result.generator_ema, pd.DataFrame(rows), figure
 
 

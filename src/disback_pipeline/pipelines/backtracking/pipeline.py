@@ -9,7 +9,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(distill_generator,
              ["teacher_model", "degradation_path", "feature_extractor", "reference_stats",
-              "params:data", "params:backtracking", "params:evaluation", "params:checkpointing"],
+              "params:data", "params:backtracking", "params:evaluation", "params:checkpointing",
+              "params:distributed"],
              ["generator_model", "generator_ema_model", "stage2_history", "switch_grids_plot"],
              name="distill_generator"),
         Node(combine_history, ["degradation_history", "stage2_history", "params:backtracking"],

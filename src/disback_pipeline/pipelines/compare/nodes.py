@@ -75,7 +75,7 @@ def run_method(teacher_model: Checkpoint, feature_extractor: FeatureSpec, refere
     marker = RunMarker(Path(from_dict(CheckpointingConfig, checkpointing or {}, "checkpointing").dir) / folder)
     with _nested_run(name, {**settings, "data": data.get("source")}, marker):
         path, deg_history = record_degradation_path(teacher_model, data, degradation, settings, checkpointing,
-                                                    f"{folder}/degradation")
+                                                    state_folder=f"{folder}/degradation")
         result, rows, fig = run_distillation(teacher_model, path, (feature_extractor, reference_stats), data,
                                              settings, evaluation, checkpointing, where=folder)
     return result.generator_ema, join_history(deg_history, rows, settings["enabled"]), fig

@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import TeacherConfig, from_dict
+from ...diffusion.config import DistributedConfig, TeacherConfig, from_dict
 from ...diffusion.data import GaussianMixture2D, make_data_source
+from ...diffusion.distributed import run as ranks_run
 from ...diffusion.teacher import load_teacher, pretrain_teacher
 from ...evaluation.metrics import mean_nll, mode_stats
 from ...evaluation.quality import sample_teacher
@@ -21,8 +22,8 @@ from ...tracking import MetricBuffer, log_metrics
 
 log = logging.getLogger(__name__)
 
-def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any],
-                          checkpointing: dict[str, Any] | None = None) -> tuple[Checkpoint, pd.DataFrame]:
+def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any], checkpointing: dict[str, Any] | None = None,
+                          distributed: dict[str, Any] | None = None) -> tuple[Checkpoint, pd.DataFrame]:
     """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``
     (our checkpoint, or an EDM snapshot ``.pkl`` read without executing its code). Pre-training saves its
     state every ``teacher.training.checkpoint_every`` steps and continues from it after a kill.
@@ -39,9 +40,17 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any],
     metrics = MetricBuffer(prefix="teacher/")
     store = state_store(checkpointing, "teacher", "teacher pre-training", cfg.training.checkpoint_every, data=data,
                         network=cfg.network, training=dataclasses.asdict(cfg.training), seed=cfg.seed, bf16=cfg.bf16)
-    ckpt, history = pretrain_teacher(make_data_source(data), cfg.network, cfg.training, cfg.seed, cfg.device,
-                                     cfg.bf16, on_step=lambda step, rec: metrics.log(step, {"loss": rec["loss"]}),
-                                     store=store)
+    ranks = from_dict(DistributedConfig, distributed or {}, "distributed")
+    def on_step(step, rec):
+        metrics.log(step, {"loss": rec["loss"]})
+
+    # with several ranks the history comes back with rank 0's result and is logged here (a callback that
+    # writes to this process cannot travel to the ranks)
+    ckpt, history = ranks_run(pretrain_teacher, make_data_source(data), cfg.network, cfg.training, cfg.seed,
+                              cfg.device, cfg.bf16, on_step=on_step if ranks.nproc == 1 else None, store=store,
+                              nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
+    for rec in history if ranks.nproc > 1 else ():
+        on_step(rec["step"], rec)
     metrics.flush()
     return ckpt, pd.DataFrame(history)
 
