@@ -14,7 +14,7 @@ from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.disback import Callbacks, distill
 from disback_pipeline.diffusion.state import DivergenceError, StateError, StateStore, fingerprint
 from disback_pipeline.diffusion.teacher import pretrain_teacher
-from disback_pipeline.diffusion.training import train_dsm
+from disback_pipeline.diffusion.training import Guard, train_dsm
 
 TINY = {"backbone": "mlp", "width": 16, "num_blocks": 1, "emb_dim": 8}
 SRC = GaussianMixture2D.ring(4, 1.0, 0.1)
@@ -164,7 +164,12 @@ def test_unreadable_newest_state_falls_back_to_the_previous_one(tmp_path):
         store(tmp_path, 5).begin()
 
 
-def test_divergence_guard_names_stage_iteration_and_value_and_keeps_the_last_good_state(tmp_path):
+@pytest.mark.parametrize("defer", [False, True], ids=["immediate", "deferred"])
+def test_divergence_guard_names_stage_iteration_and_value_and_keeps_the_last_good_state(tmp_path, monkeypatch,
+                                                                                        defer):
+    """Immediate (the CPU's guard) and deferred (CUDA's: flags read at record and state intervals, a bad step's
+    update zeroed on the device) end alike: the first bad iteration named, no state after it, finite weights."""
+    monkeypatch.setattr(Guard, "for_device", classmethod(lambda cls, stage, device: cls(stage, defer=defer)))
     calls = {"n": 0}
 
     def batches(n):
@@ -180,7 +185,7 @@ def test_divergence_guard_names_stage_iteration_and_value_and_keeps_the_last_goo
     with pytest.raises(DivergenceError, match=r"teacher diverged at iteration 9: the loss is nan"):
         train_dsm(net, batches, TRAIN, desc="teacher", store=st)
     assert [f.name for f in st.files()] == ["state-000000008.pt", "state-000000004.pt"]
-    assert all(torch.isfinite(p).all() for p in net.parameters())  # the step was not applied
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # the step was not applied (deferred: zeroed)
     assert store(tmp_path, 4).begin()["iteration"] == 8
 
 
@@ -207,3 +212,18 @@ def test_a_state_of_another_format_version_is_set_aside(tmp_path):
     state = torch.load(file, weights_only=True)
     torch.save({**state, "version": 1}, file)
     assert store(tmp_path, 12).begin() is None and not store(tmp_path, 12).files()  # the stage trains afresh
+
+
+def test_deferred_guard_reads_flags_only_when_checked():
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    guard = Guard("stage x", defer=True)
+    from disback_pipeline.diffusion.training import train_step
+
+    for it in range(1, 6):
+        x = torch.full((4, 2), float("inf") if it in (3, 4) else 1.0)
+        train_step(opt, lambda x=x: net(x).mean(), device=torch.device("cpu"), where=guard.at(it))  # no raise
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    with pytest.raises(DivergenceError, match=r"stage x diverged at iteration 3: the (loss|gradient norm) is"):
+        guard.check()
+    guard.check()  # read once: nothing pending

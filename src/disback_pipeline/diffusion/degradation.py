@@ -24,6 +24,7 @@ from .sampling import draw_generator_batch
 from .state import StateStore
 from .teacher import check_teacher_fits
 from .training import (
+    Guard,
     StatusLine,
     autocast,
     frozen,
@@ -102,17 +103,22 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
         for rec in history if on_record is not None else ():
             on_record(rec)
     status = StatusLine("degradation", cfg.k1, cfg.log_every)
+    guard = Guard.for_device("stage 1 (degradation recording)", dev)
     with progress(cfg.k1, "degradation") as bar:
         bar.update(first - 1)
         for step in range(first, cfg.k1 + 1):
             with autocast(dev, cfg.bf16):  # the frozen generator's forward in the step's precision
                 x0, labels = draw_generator_batch(generator, source, cfg.batch_size, s_init, dev)
             loss = train_step(opt, mean_loss, loss_fn, degraded, x0, labels, device=dev, bf16=cfg.bf16,
-                              where=("stage 1 (degradation recording)", step))
+                              where=guard.at(step))
             if step in snap_steps:
+                guard.check()  # nothing is kept from after a bad step
                 snapshots[step] = _cpu_state(degraded)
                 if store is not None:
                     store.put_blob(f"snapshot-{step:09d}", snapshots[step])
+            save = store is not None and store.due(step, cfg.k1)
+            if save or status.due(step) or step % cfg.record_every == 0 or step == cfg.k1:
+                guard.check()  # where values are read anyway, and before every state
             if step % cfg.record_every == 0 or step == cfg.k1:
                 rec = {"iteration": step, "wall_clock_s": time.perf_counter() - start, "stage": "degradation",
                        "target": "-", "switch_reason": "", "loss_generator": float("nan"),
@@ -123,7 +129,7 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
             bar.update(1)
             if status.due(step):
                 status(step, dsm_loss=loss.item())
-            if store is not None and store.due(step, cfg.k1):
+            if save:
                 store.save(step, {"modules": {"degraded": degraded.state_dict()}, "optimizer": opt.state_dict(),
                                   "snapshot_steps": sorted(s for s in snapshots if s > 0), "history": history,
                                   "clock": time.perf_counter() - start}, complete=step == cfg.k1, modules=(degraded,))

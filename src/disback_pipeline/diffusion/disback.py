@@ -34,6 +34,7 @@ from .state import StateStore
 from .teacher import check_teacher_fits
 from .training import (
     EMA,
+    Guard,
     StatusLine,
     autocast,
     frozen,
@@ -120,7 +121,7 @@ def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn
 
 
 def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: DistillConfig, dev,
-                    where: tuple[str, int] | None = None) -> torch.Tensor:
+                    where: Guard | tuple[str, int] | None = None) -> torch.Tensor:
     """Step 1: one DSM step of the fake score on detached generator samples (drawn under the step's autocast)."""
     with autocast(dev, cfg.bf16):
         x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev)
@@ -129,7 +130,7 @@ def fake_score_step(nets: _Nets, loss_fn: EDMLoss, source: DataSource, cfg: Dist
 
 
 def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev,
-                       where: tuple[str, int] | None = None) -> torch.Tensor:
+                       where: Guard | tuple[str, int] | None = None) -> torch.Tensor:
     """With gan_weight > 0: one step of the adversarial head, real data against detached generator samples."""
     real, real_labels = source.sample(distributed.global_size(cfg.batch_size))  # this rank's slice follows
     real, real_labels = distributed.local(real), None if real_labels is None else distributed.local(real_labels)
@@ -141,7 +142,7 @@ def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev,
 
 
 def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev,
-                   where: tuple[str, int] | None = None):
+                   where: Guard | tuple[str, int] | None = None):
     """Step 2: one generator step on the score-distillation loss against ``target`` (plus the adversarial
     term at ``gan_weight``); EMA follows."""
     def compute():
@@ -203,7 +204,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             on_record(rec)
     target = _target_net(nets, path, run.key)
     status = StatusLine("backtracking" if path else "baseline", cfg.budget, cfg.log_every)
-    stage = f"stage 2 ({status.desc})"
+    guard = Guard.for_device(f"stage 2 ({status.desc})", dev)
     with progress(cfg.budget, status.desc) as bar:
         bar.update(run.first - 1)
         for it in range(run.first, cfg.budget + 1):
@@ -214,15 +215,14 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                          run.key if run.key == TEACHER else f"path node {run.key}", switch[1])
                 if on_switch is not None:
                     run.switch_samples.append((it, run.key, on_switch(it, run.key, nets.ema.net)))
-            loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev, (stage, it)).detach()
-                         for _ in range(cfg.fake_steps)) / cfg.fake_steps  # on the device until it is read
-            if nets.gan is not None:
-                discriminator_step(nets, source, cfg, dev, (stage, it))
-            loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev, (stage, it))
+            loss_f, loss_g, out = _iteration(nets, (fake_loss, gen_loss), target, source, cfg, dev, guard.at(it))
             bar.update(1)
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
             record_due = it % cfg.record_every == 0 or it == cfg.budget or switch is not None or eval_due
+            save = store is not None and store.due(it, cfg.budget)
             read = record_due or status.due(it)  # values leave the device only at record and status intervals
+            if read or save:
+                guard.check()  # a deferred guard's flags are read here, and before every state
             mismatch = out.score_mismatch().detach()
             distributed.average([mismatch])  # every rank's walk sees the global batch's mismatch
             mismatch = mismatch.item() if (read or walk.switch == "adaptive") else float("nan")
@@ -238,9 +238,22 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                     on_record(rec)
             if status.due(it):
                 status(it, target=run.key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
-            if store is not None and store.due(it, cfg.budget):
+            if save:
                 _save(store, it, cfg.budget, nets, walk, run)
     return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline")
+
+
+def _iteration(nets: _Nets, losses: tuple, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev,
+               guard: Guard):
+    """One stage-2 iteration: r fake-score steps, the adversarial head's step (gan_weight > 0), the generator
+    step. The losses stay on the device until they are read."""
+    fake_loss, gen_loss = losses
+    loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev, guard).detach()
+                 for _ in range(cfg.fake_steps)) / cfg.fake_steps
+    if nets.gan is not None:
+        discriminator_step(nets, source, cfg, dev, guard)
+    loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev, guard)
+    return loss_f, loss_g, out
 
 
 @dataclass

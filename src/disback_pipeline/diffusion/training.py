@@ -94,21 +94,76 @@ def lr_lambda(schedule: str, steps: int, warmup_steps: int = 0) -> Callable[[int
 
 StepCallback = Callable[[int, dict], None]
 
+READ_EVERY = 1000  # steps whose losses may wait on the device before they are read (bounds the pending list)
+
 # Columns of every stage's history table (stage 1 and stage 2 share one table).
 HISTORY_COLUMNS = ["iteration", "wall_clock_s", "stage", "target", "switch_reason", "loss_generator",
                    "loss_fake_score", "score_mismatch"]
 
 
+class Guard:
+    """The divergence guard of one loop: a non-finite loss or gradient norm stops training with
+    :class:`DivergenceError` naming the stage, the iteration, the quantity and its value.
+
+    Immediate (the default, and on the CPU): each step's check is read at once, before the weights change.
+    Deferred (``defer=True``, the loops' choice on CUDA): reading a flag every step would make the host wait
+    for the device every step, so each step's flag stays on the device, a bad step's gradients are zeroed on
+    the device (the update cannot put a NaN into the weights), and :meth:`check` reads all pending flags at
+    once: the loops call it where they read values anyway (records, status lines) and before every training
+    state is written, so no state is ever written after a bad step and the error still names the first one.
+    """
+
+    def __init__(self, stage: str, defer: bool = False):
+        self.stage, self.defer, self.iteration = stage, bool(defer), 0
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @classmethod
+    def for_device(cls, stage: str, device) -> Guard:
+        """Deferred on CUDA (no per-step synchronisation), immediate elsewhere."""
+        return cls(stage, defer=torch.device(device).type == "cuda")
+
+    def at(self, iteration: int) -> Guard:
+        self.iteration = int(iteration)
+        return self
+
+    def observe(self, loss: torch.Tensor, norm: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        ok = torch.isfinite(loss) & torch.isfinite(norm)
+        if not self.defer:
+            if not bool(ok):
+                self._raise(self.iteration, loss, norm)
+            return
+        self._pending.append((self.iteration, ok, loss, norm))
+        for g in grads:  # on the device: a bad step's update is zero (Adam's moments still decay)
+            g.nan_to_num_(0.0, 0.0, 0.0).mul_(ok)
+
+    def check(self) -> None:
+        """Read the pending flags (one host synchronisation); raise for the first bad step."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        oks = torch.stack([ok for _, ok, _, _ in pending]).cpu()
+        if bool(oks.all()):
+            return
+        iteration, _, loss, norm = pending[int((~oks).nonzero()[0])]
+        self._raise(iteration, loss, norm)
+
+    def _raise(self, iteration: int, loss: torch.Tensor, norm: torch.Tensor):
+        bad_loss = not bool(torch.isfinite(loss))
+        raise DivergenceError(self.stage, iteration, "loss" if bad_loss else "gradient norm",
+                              float(loss if bad_loss else norm))
+
+
 def train_step(opt: torch.optim.Optimizer, compute_loss: Callable[..., Any], *args, device: torch.device,
-               bf16: bool = False, grad_clip: float | None = None, where: tuple[str, int] | None = None):
+               bf16: bool = False, grad_clip: float | None = None, where: Guard | tuple[str, int] | None = None):
     """One optimiser step: autocast, loss, zero_grad, backward, (clip), step.
 
     ``compute_loss(*args)`` returns the scalar loss, or a tuple whose first
     entry is the scalar loss; the same is returned, so callers keep what they
     need of it (the generator step keeps the denoisers' outputs).
 
-    The divergence guard: with ``where = (stage, iteration)`` a non-finite loss
-    or gradient norm raises :class:`DivergenceError` before the weights change.
+    The divergence guard: with ``where`` (a loop's :class:`Guard` at this iteration, or ``(stage, iteration)``)
+    a non-finite loss or gradient norm raises :class:`DivergenceError` before the weights change (a deferred
+    guard: at its next check, with the bad step's update zeroed).
     """
     with autocast(device, bf16):
         out = compute_loss(*args)
@@ -123,10 +178,9 @@ def train_step(opt: torch.optim.Optimizer, compute_loss: Callable[..., Any], *ar
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if grad_clip:
         torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
-    if where is not None and not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
-        bad_loss = not bool(torch.isfinite(loss.detach()))
-        raise DivergenceError(where[0], where[1], "loss" if bad_loss else "gradient norm",
-                              float(loss.detach() if bad_loss else norm))
+    if where is not None:
+        guard = where if isinstance(where, Guard) else Guard(where[0]).at(where[1])
+        guard.observe(loss.detach(), norm, [p.grad for p in params])
     opt.step()
     return out
 
@@ -154,6 +208,28 @@ class StatusLine:
         self._last, self._last_step = now, step
         fields = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         log.info("%s %d/%d | %.4f s/step | %s", self.desc, step, self.total, per_step, fields)
+
+
+class _PendingLosses:
+    """Per-step losses kept on the device until they are read, all at once (one host synchronisation, which also
+    reads the guard's flags); then they become history records and ``on_step`` calls, in order."""
+
+    def __init__(self, guard: Guard, history: list[dict], on_step: StepCallback | None):
+        self.guard, self.history, self.on_step = guard, history, on_step
+        self.rows: list[tuple[int, torch.Tensor, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor, seconds: float) -> None:
+        self.rows.append((step, loss.detach(), seconds))
+
+    def read(self) -> None:
+        self.guard.check()
+        values = torch.stack([loss for _, loss, _ in self.rows]).tolist() if self.rows else []
+        for (step, _, seconds), value in zip(self.rows, values):
+            record = {"step": step, "loss": value, "wall_clock_s": seconds}
+            self.history.append(record)
+            if self.on_step is not None:
+                self.on_step(step, record)
+        self.rows.clear()
 
 
 def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: TrainingConfig,
@@ -194,6 +270,8 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
             on_step(record["step"], record)
     status = StatusLine(desc, steps, cfg.log_every)
     start = time.perf_counter() - clock
+    guard = Guard.for_device(desc, device)
+    pending = _PendingLosses(guard, history, on_step)
     with progress(steps, desc) as bar:
         bar.update(first - 1)
         for step in range(first, steps + 1):
@@ -201,19 +279,19 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
             x0 = x0.to(device)
             labels = None if labels is None else labels.to(device)
             loss = train_step(opt, mean_loss, loss_fn, net, x0, labels, device=device, bf16=bf16,
-                              grad_clip=cfg.grad_clip, where=(desc, step))
+                              grad_clip=cfg.grad_clip, where=guard.at(step))
             sched.step()
             ema.update(net)
-            record = {"step": step, "loss": loss.item(), "wall_clock_s": time.perf_counter() - start}
-            history.append(record)
-            if on_step is not None:
-                on_step(step, record)
+            pending.add(step, loss, time.perf_counter() - start)
             bar.update(1)
-            status(step, loss=record["loss"])
-            if store is not None and store.due(step, steps):
+            save = store is not None and store.due(step, steps)
+            if save or status.due(step) or step == steps or len(pending.rows) >= READ_EVERY:
+                pending.read()
+                status(step, loss=history[-1]["loss"])
+            if save:
                 store.save(step, {"modules": {"net": net.state_dict(), "ema": ema.net.state_dict()},
                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                  "history": history, "clock": record["wall_clock_s"]},
+                                  "history": history, "clock": history[-1]["wall_clock_s"]},
                            complete=step == steps, modules=(net, ema.net))
     net.eval()
     return ema.net, history
