@@ -17,14 +17,16 @@ from disback_pipeline.diffusion.config import (
 # one misspelt key per stage, with the name the error must suggest
 MISSPELT = {"data": ("num_mode", "num_modes"), "teacher": ("checkpoint", "checkpoint_path"),
             "degradation": ("n_node", "n_nodes"), "backtracking": ("fake_step", "fake_steps"),
-            "evaluation": ("proxy_sample", "proxy_samples"), "checkpointing": ("resumes", "resume")}
+            "evaluation": ("proxy_sample", "proxy_samples"), "checkpointing": ("resumes", "resume"),
+            "distributed": ("nprocs", "nproc")}
 # one out-of-range value per stage, with the words the error must hold
 OUT_OF_RANGE = {"data": ("std", -0.1, "data.std must be > 0"),
                 "teacher": ("device", "gpu", "teacher.device must be auto, cpu or cuda"),
                 "degradation": ("lr", 0.0, "degradation.lr must be > 0"),
                 "backtracking": ("ema_decay", 1.0, r"backtracking.ema_decay must be in \[0, 1\)"),
                 "evaluation": ("n_samples", 0, "evaluation.n_samples must be >= 1"),
-                "checkpointing": ("resume", "always", "checkpointing.resume must be one of auto | never")}
+                "checkpointing": ("resume", "always", "checkpointing.resume must be one of auto | never"),
+                "distributed": ("nproc", 0, "distributed.nproc must be >= 1")}
 TEACHER_BASE = {"network": {"backbone": "mlp"}}
 
 

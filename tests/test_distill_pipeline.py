@@ -41,6 +41,7 @@ def _run_slice(enabled: bool):
         "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled}),
         "params:evaluation": MemoryDataset({"proxy_samples": 200, "grid_samples": 16, "seed": 0}),
         "params:checkpointing": MemoryDataset({"resume": "never", "dir": tempfile.mkdtemp()}),
+        "params:distributed": MemoryDataset({"nproc": 1}),
     })
     pipe = reference_pipeline() + degradation_pipeline() + backtracking_pipeline()
     SequentialRunner().run(pipe, catalog)
