@@ -137,6 +137,20 @@ def test_a_rank_with_bad_data_stops_every_rank():
         distributed.launch(diverging_job, nproc=2, backend="gloo")
 
 
+def test_the_callers_signal_handlers_come_back():
+    import signal
+
+    def mine(*_):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        distributed.launch(stage1_job, 8, nproc=2, backend="gloo")
+        assert signal.getsignal(signal.SIGTERM) is mine  # not the launcher's, which would outlive the ranks
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_one_rank_is_the_plain_call():
     assert distributed.launch(max, 3, 5, nproc=1) == 5
     assert distributed.global_size(8) == 8

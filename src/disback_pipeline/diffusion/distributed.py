@@ -25,7 +25,9 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ class Ranks:
 
 _RANKS = [Ranks()]  # this process's place: set by the launcher in each rank
 _WHOLE = [0]  # > 0 inside whole(): draws are not sliced
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
 def ranks() -> Ranks:
@@ -178,10 +181,17 @@ def launch(fn: Callable, *args: Any, nproc: int, backend: str = "gloo", **kwargs
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    # the launcher installs its own handlers for these and leaves them: the caller's come back afterwards, and a
+    # SIGTERM or Ctrl-C while the ranks run (the launcher stops them) reaches the caller as an interrupt
+    handlers = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     with tempfile.TemporaryDirectory(prefix="disback-ranks-") as tmp:
         error_file = str(Path(tmp) / "error")
         try:
             results = elastic_launch(config, _entry)(backend, error_file, fn, args, kwargs)
+        except SignalException as exc:
+            raise KeyboardInterrupt(f"the ranks were stopped by {exc.sigval.name}") from None
         except ChildFailedError:
             errors = []
             for rank in range(nproc):
@@ -190,4 +200,8 @@ def launch(fn: Callable, *args: Any, nproc: int, backend: str = "gloo", **kwargs
             if errors:
                 raise errors[0] from None
             raise
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(sig, handler)
     return results[0]
