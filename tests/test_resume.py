@@ -104,7 +104,8 @@ def _path():
     {"switch": "fixed", "k2": 6},
     {"switch": "adaptive", "adaptive": {"warmup": 2, "window": 3, "cap": 5, "fraction": 0.9}, "fake_steps": 2},
     {"switch": "fixed", "k2": 6, "gan_weight": 0.1, "loss": "sid"},
-], ids=["fixed", "adaptive", "sid+gan"])
+    {"switch": "fixed", "k2": 6, "lr_schedule": "cosine"},
+], ids=["fixed", "adaptive", "sid+gan", "cosine"])
 def test_stage2_resumes_bit_identical(tmp_path, settings):
     cfg = from_dict(DistillConfig, {"budget": 30, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3,
                                     "log_every": 0, "eval_every": 7, "device": "cpu", "s_init": 2.5, **settings},
@@ -227,3 +228,22 @@ def test_deferred_guard_reads_flags_only_when_checked():
     with pytest.raises(DivergenceError, match=r"stage x diverged at iteration 3: the (loss|gradient norm) is"):
         guard.check()
     guard.check()  # read once: nothing pending
+
+
+def test_cosine_schedule_sets_both_learning_rates_by_iteration(monkeypatch):
+    seen = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = from_dict(DistillConfig, {"budget": 8, "batch_size": 8, "lr_generator": 2e-3, "lr_fake": 1e-3,
+                                    "lr_schedule": "cosine", "log_every": 0, "eval_every": 0, "device": "cpu"},
+                    "backtracking")
+    distill(_teacher(), SRC, None, cfg)
+    fake, gen = seen[0::2], seen[1::2]  # each iteration: one fake-score step, then the generator step
+    factors = [0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+    assert fake == pytest.approx([1e-3 * f for f in factors])
+    assert gen == pytest.approx([2e-3 * f for f in factors])

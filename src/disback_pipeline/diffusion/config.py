@@ -205,6 +205,7 @@ class DistillConfig:
     fake_steps: int = 1               # r: fake-score DSM steps per generator step (count)
     lr_generator: float = 1.0e-4      # generator Adam learning rate (per step)
     lr_fake: float = 1.0e-4           # fake-score Adam learning rate (per step)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # both learning rates over the budget (cosine: to 0)
     betas: tuple[float, float] = (0.0, 0.999)  # Adam betas for both networks
     batch_size: int = 64              # samples per step (count)
     sigma: SigmaConfig = field(default_factory=SigmaConfig)  # generator-loss noise levels (di, dmd)

@@ -38,6 +38,7 @@ from .training import (
     StatusLine,
     autocast,
     frozen,
+    lr_lambda,
     make_adam,
     mean_loss,
     progress,
@@ -248,6 +249,11 @@ def _iteration(nets: _Nets, losses: tuple, target: torch.nn.Module, source: Data
     """One stage-2 iteration: r fake-score steps, the adversarial head's step (gan_weight > 0), the generator
     step. The losses stay on the device until they are read."""
     fake_loss, gen_loss = losses
+    if cfg.lr_schedule != "constant":  # a function of the iteration alone: nothing to keep for a resume
+        factor = lr_lambda(cfg.lr_schedule, cfg.budget)(guard.iteration - 1)
+        for opt, lr in ((nets.opt_g, cfg.lr_generator), (nets.opt_f, cfg.lr_fake)):
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
     loss_f = sum(fake_score_step(nets, fake_loss, source, cfg, dev, guard).detach()
                  for _ in range(cfg.fake_steps)) / cfg.fake_steps
     if nets.gan is not None:
