@@ -25,11 +25,6 @@ timeout 170 "$PY" benchmarks/gpu_check.py --lanes fp32,bf16 --profile bf16 \
   >"$OUT/gpu_check.jsonl" 2>"$OUT/gpu_check_profile.txt"
 echo "step check done at ${SECONDS}s" >>"$OUT/machine.txt"
 
-# the study's FID needs clean-fid, which the GPU image lacks: carry its wheel in .whl/ (see the device notes)
-if ! "$PY" -c "import cleanfid" 2>/dev/null && ls .whl/clean_fid-*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-"$PY" -c "import cleanfid" 2>>"$OUT/machine.txt" || echo "no clean-fid here: the study part will fail" >>"$OUT/machine.txt"
 study=(--datasets digits --losses di,dmd,sid --methods baseline,fixed,adaptive --seeds 3 --budget "$BUDGET"
        --eval-every 200 --proxy-samples 2000 --device cuda --teacher-cache "$WORK/cache"
        --set backtracking.adaptive.cap=$(( BUDGET / 8 )))

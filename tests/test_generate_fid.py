@@ -145,3 +145,15 @@ def test_frechet_distance_without_scipys_disp_argument(monkeypatch):
     d1, d2 = np.diag(np.diag(args[1])), np.diag(np.diag(args[3]))
     explicit = diff @ diff + np.trace(d1) + np.trace(d2) - 2 * np.sum(np.sqrt(np.diag(d1) * np.diag(d2)))
     assert frechet_distance(args[0], d1, args[2], d2) == pytest.approx(explicit, rel=1e-9)
+
+
+def test_frechet_distance_without_clean_fid_installed(monkeypatch):
+    """On a machine without the project's install (clean-fid missing) the same value comes back."""
+    import sys
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 5)), rng.normal(0.2, 0.9, size=(300, 5))
+    args = (a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    with_clean_fid = frechet_distance(*args)
+    monkeypatch.setitem(sys.modules, "cleanfid.fid", None)  # import fails as if it were not installed
+    assert frechet_distance(*args) == pytest.approx(with_clean_fid, rel=1e-9)

@@ -95,7 +95,7 @@ def reference_statistics(features: np.ndarray) -> dict[str, Any]:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Frechet distance of two Gaussians: |mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2)).
 
-    clean-fid's function is used when it works. clean-fid 0.1.35 passes ``disp=False`` to
+    clean-fid's function is used when it is installed and works. clean-fid 0.1.35 passes ``disp=False`` to
     scipy.linalg.sqrtm, which scipy 1.18 removed; there the same formula is computed here, with the
     matrix square root from scipy without that argument (its tiny imaginary part from rounding is
     dropped; a non-finite root gets a small offset on the diagonals, as is usual for FID).
@@ -104,6 +104,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         from cleanfid.fid import frechet_distance as clean
 
         return float(clean(mu1, sigma1, mu2, sigma2))
+    except ImportError:  # a bare machine without the project's install (a GPU lease): the same formula below
+        pass
     except TypeError as exc:
         if "disp" not in str(exc):
             raise
