@@ -159,14 +159,14 @@ def _entry(backend: str, error_file: str, fn: Callable, args: tuple, kwargs: dic
     _RANKS[0] = Ranks(rank, world)
     try:
         out = fn(*args, **kwargs)
-        return out if rank == 0 else None
     except Exception as exc:  # the launcher reports a failure only by exit code; keep the error for the caller
         with contextlib.suppress(Exception), open(f"{error_file}.{rank}", "wb") as f:
             pickle.dump(exc, f)
-        raise
+        raise  # without leaving the group: a peer may wait in a collective; the launcher stops it
     finally:
         _RANKS[0] = Ranks()
-        dist.destroy_process_group()
+    dist.destroy_process_group()
+    return out if rank == 0 else None
 
 
 def launch(fn: Callable, *args: Any, nproc: int, backend: str = "gloo", **kwargs: Any) -> Any:
