@@ -176,13 +176,12 @@ def launch(fn: Callable, *args: Any, nproc: int, backend: str = "gloo", **kwargs
     replays the returned history instead). An exception in a rank is raised again here, as itself."""
     if nproc == 1:
         return fn(*args, **kwargs)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
     # the launcher installs its own handlers for these and leaves them: the caller's come back afterwards, and a
     # SIGTERM or Ctrl-C while the ranks run (the launcher stops them) reaches the caller as an interrupt
     handlers = {sig: signal.getsignal(sig) for sig in _SIGNALS}
