@@ -82,9 +82,9 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
 
 
 def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, on_record, store):
-    on_record = on_record if distributed.ranks().writer else None  # rank 0 reports
     """Stage 1's DSM steps on the generator's samples; returns the kept snapshots, the history and the
     stage's start time (moved back by the time of the run that was resumed)."""
+    on_record = on_record if distributed.ranks().writer else None  # rank 0 reports
     start = time.perf_counter()
     degraded = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
     loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, degraded.sigma_data)
@@ -117,9 +117,10 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
                 if store is not None:
                     store.put_blob(f"snapshot-{step:09d}", snapshots[step])
             save = store is not None and store.due(step, cfg.k1)
-            if save or status.due(step) or step % cfg.record_every == 0 or step == cfg.k1:
+            record = step % cfg.record_every == 0 or step == cfg.k1
+            if save or record or status.due(step):
                 guard.check()  # where values are read anyway, and before every state
-            if step % cfg.record_every == 0 or step == cfg.k1:
+            if record:
                 rec = {"iteration": step, "wall_clock_s": time.perf_counter() - start, "stage": "degradation",
                        "target": "-", "switch_reason": "", "loss_generator": float("nan"),
                        "loss_fake_score": loss.item(), "score_mismatch": float("nan")}
