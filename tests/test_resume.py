@@ -104,8 +104,8 @@ def _path():
     {"switch": "fixed", "k2": 6},
     {"switch": "adaptive", "adaptive": {"warmup": 2, "window": 3, "cap": 5, "fraction": 0.9}, "fake_steps": 2},
     {"switch": "fixed", "k2": 6, "gan_weight": 0.1, "loss": "sid"},
-    {"switch": "fixed", "k2": 6, "lr_schedule": "cosine"},
-], ids=["fixed", "adaptive", "sid+gan", "cosine"])
+    {"switch": "fixed", "k2": 6, "lr_schedule": "cosine", "ema_decay": 0.999, "ema_rampup": 0.2},
+], ids=["fixed", "adaptive", "sid+gan", "cosine+ema_rampup"])
 def test_stage2_resumes_bit_identical(tmp_path, settings):
     cfg = from_dict(DistillConfig, {"budget": 30, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3,
                                     "log_every": 0, "eval_every": 7, "device": "cpu", "s_init": 2.5, **settings},

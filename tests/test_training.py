@@ -52,6 +52,23 @@ def test_ema_update_is_a_convex_step():
         EMA(net, 1.0)
 
 
+def test_ema_rampup_caps_the_half_life_at_a_share_of_the_steps_so_far():
+    net = build_network({**NET, "dim": 2})
+    ema = EMA(net, 0.999, rampup=0.1)
+    assert ema.decay_at(None) == 0.999
+    assert ema.decay_at(1) == pytest.approx(0.5 ** 10)  # half-life 0.1 steps: the EMA is the network
+    assert ema.decay_at(100) == pytest.approx(0.5 ** 0.1)  # half-life 10 steps
+    assert ema.decay_at(10_000) == 0.999  # the configured decay's half-life (693 steps) is shorter than 1000
+    assert EMA(net, 0.99).decay_at(1) == 0.99  # rampup 0: the configured decay from the start
+    before = ema.net.backbone.out.bias.clone()
+    with torch.no_grad():
+        net.backbone.out.bias.add_(1.0)
+    ema.update(net, step=10)  # half-life 1 step: halfway
+    torch.testing.assert_close(ema.net.backbone.out.bias, before + 0.5)
+    with pytest.raises(ValueError, match="EMA rampup"):
+        EMA(net, 0.9, rampup=-1.0)
+
+
 def test_device_choice():
     assert select_device("cpu").type == "cpu"
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -215,6 +215,7 @@ class DistillConfig:
     fake_P_mean: float = -1.2         # mean of ln(sigma) for the fake score's DSM loss
     fake_P_std: float = 1.2           # std of ln(sigma) for the fake score's DSM loss
     ema_decay: float = 0.99           # generator EMA decay per iteration (fraction)
+    ema_rampup: float = 0.0           # EMA half-life at most this share of the iterations so far (0 = off)
     seed: int = 0                     # integer RNG seed
     device: Device = "auto"           # auto | cpu | cuda
     bf16: bool = False                # bf16 autocast on CUDA
@@ -227,7 +228,7 @@ class DistillConfig:
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
-        _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight", "checkpoint_every")
+        _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight", "checkpoint_every", "ema_rampup")
         _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every")
         _fraction(self, "ema_decay")
         for i, b in enumerate(self.betas):

@@ -85,7 +85,7 @@ def _build_nets(teacher: Checkpoint, source: DataSource, path: DegradationPath |
         log.info("fake score initialised from the end of the path (%s)", path.keys[-1])
     fake.train().requires_grad_(True)
     scratch = frozen(copy.deepcopy(teacher.net).to(dev))
-    ema = EMA(generator, cfg.ema_decay)
+    ema = EMA(generator, cfg.ema_decay, cfg.ema_rampup)
     for net in (teacher_net, generator, fake, scratch):
         if cfg.channels_last and len(source.shape) == 3:
             net.to(memory_format=torch.channels_last)
@@ -143,9 +143,9 @@ def discriminator_step(nets: _Nets, source: DataSource, cfg: DistillConfig, dev,
 
 
 def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev,
-                   where: Guard | tuple[str, int] | None = None):
+                   where: Guard | tuple[str, int] | None = None, iteration: int | None = None):
     """Step 2: one generator step on the score-distillation loss against ``target`` (plus the adversarial
-    term at ``gan_weight``); EMA follows."""
+    term at ``gan_weight``); EMA follows (at its decay for ``iteration``, see :class:`EMA`)."""
     def compute():
         x0, labels = draw_generator_batch(nets.generator, source, cfg.batch_size, cfg.s_init, dev, grad=True)
         out = loss_fn(x0, nets.fake, target, labels)
@@ -155,7 +155,7 @@ def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSo
         return loss, out
 
     loss, out = train_step(nets.opt_g, compute, device=dev, bf16=cfg.bf16, where=where)
-    nets.ema.update(nets.generator)
+    nets.ema.update(nets.generator, iteration)
     return loss, out
 
 
@@ -258,7 +258,7 @@ def _iteration(nets: _Nets, losses: tuple, target: torch.nn.Module, source: Data
                  for _ in range(cfg.fake_steps)) / cfg.fake_steps
     if nets.gan is not None:
         discriminator_step(nets, source, cfg, dev, guard)
-    loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev, guard)
+    loss_g, out = generator_step(nets, gen_loss, target, source, cfg, dev, guard, guard.iteration)
     return loss_f, loss_g, out
 
 

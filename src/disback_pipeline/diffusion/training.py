@@ -49,18 +49,33 @@ def seed_everything(seed: int) -> None:
 
 
 class EMA:
-    """Exponential moving average of a network's weights (decay per step)."""
+    """Exponential moving average of a network's weights (decay per step).
 
-    def __init__(self, net: torch.nn.Module, decay: float):
+    With ``rampup`` > 0 the average's half-life is at most ``rampup`` times the
+    steps taken so far: early on the EMA follows a fast-moving network closely,
+    later it averages over a window that grows with the run (up to ``decay``'s).
+    The decay at a step is a function of the step alone: nothing to keep for a resume.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float, rampup: float = 0.0):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = float(decay)
+        if not rampup >= 0.0:
+            raise ValueError(f"EMA rampup must be >= 0, got {rampup}")
+        self.decay, self.rampup = float(decay), float(rampup)
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay used at ``step`` (1-based; ``None``: the configured decay)."""
+        if self.rampup == 0.0 or step is None:
+            return self.decay
+        return min(self.decay, 0.5 ** (1.0 / (self.rampup * max(int(step), 1))))
+
     @torch.no_grad()
-    def update(self, net: torch.nn.Module) -> None:
+    def update(self, net: torch.nn.Module, step: int | None = None) -> None:
+        weight = 1.0 - self.decay_at(step)
         for p_ema, p in zip(self.net.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - self.decay)
+            p_ema.lerp_(p.detach(), weight)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
 
