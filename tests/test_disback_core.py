@@ -167,6 +167,38 @@ def test_evaluation_runs_on_its_own_interval_and_off_the_clock():
     assert elapsed - res.history[-1]["wall_clock_s"] >= 3 * 0.2
 
 
+def test_keep_best_hands_on_the_ema_generator_of_the_best_evaluation():
+    scores = iter([4.0, 2.0, float("nan"), 3.0])  # evaluations at 4, 8, 12, 16: the best is iteration 8
+
+    def evaluate(gen):
+        return {"proxy_q": next(scores)}
+
+    cfg = {**CFG, "budget": 16, "eval_every": 4, "keep": "best"}
+    best = distill(_teacher(), SRC, None, cfg, callbacks=Callbacks(evaluate=evaluate, select_by="proxy_q"))
+    assert {k: best.generator_ema.metadata[k] for k in ("selected_iteration", "selected_by", "selected_value")} == {
+        "selected_iteration": 8, "selected_by": "proxy_q", "selected_value": 2.0}
+    at_8 = distill(_teacher(), SRC, None, {**CFG, "budget": 8})  # the same run stopped at iteration 8
+    last = distill(_teacher(), SRC, None, {**CFG, "budget": 16})
+    for (k, a), b, c in zip(best.generator_ema.net.state_dict().items(), at_8.generator_ema.net.state_dict().values(),
+                            last.generator_ema.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not all(torch.equal(a, c) for a, c in zip(best.generator_ema.net.parameters(),
+                                                      last.generator_ema.net.parameters()))
+    for a, c in zip(best.generator.net.parameters(), last.generator.net.parameters()):  # raw weights: the last
+        assert torch.equal(a, c)
+    assert "selected_iteration" not in last.generator_ema.metadata
+
+
+def test_keep_best_without_an_evaluator_is_refused():
+    with pytest.raises(ValueError, match="keep: best picks the EMA generator by its proxy quality.*no evaluator"):
+        distill(_teacher(), SRC, None, {**CFG, "eval_every": 4, "keep": "best"})
+    with pytest.raises(ConfigError, match="keep: best .* eval_every is 0"):
+        distill(_teacher(), SRC, None, {**CFG, "eval_every": 0, "keep": "best"})
+    with pytest.raises(KeyError, match="selects by 'proxy_fid', which the evaluator does not return"):
+        distill(_teacher(), SRC, None, {**CFG, "eval_every": 4, "keep": "best"},
+                callbacks=Callbacks(evaluate=lambda g: {"proxy_q": 1.0}, select_by="proxy_fid"))
+
+
 def test_teacher_for_other_data_is_refused_clearly():
     with pytest.raises(ValueError,
                        match=r"built for data of shape \(2,\).*has shape \(1, 8, 8\).*Point teacher.checkpoint_path"):

@@ -17,7 +17,7 @@ from disback_pipeline.diffusion.checkpoint import Checkpoint, load_checkpoint
 from disback_pipeline.diffusion.data import make_data_source
 from disback_pipeline.diffusion.disback import distill
 from disback_pipeline.diffusion.path import load_path
-from disback_pipeline.evaluation.quality import fid_against, reference_statistics, sample_generator
+from disback_pipeline.evaluation.quality import fid_against, quality, reference_statistics, sample_generator
 from disback_pipeline.evaluation.samples import draw
 from disback_pipeline.pipeline_registry import register_pipelines
 from disback_pipeline.pipelines.backtracking import create_pipeline as backtracking_pipeline
@@ -33,12 +33,12 @@ BACKTRACKING = {"enabled": True, "loss": "dmd", "s_init": 2.5, "k2": 2, "budget"
                 "lr_generator": 1e-3, "lr_fake": 1e-3, "batch_size": 8, "seed": 0, "log_every": 0, "eval_every": 4}
 
 
-def _run_slice(enabled: bool):
+def _run_slice(enabled: bool, **settings):
     catalog = DataCatalog({
         "teacher_model": MemoryDataset(Checkpoint(build_network(MLP), MLP, {})),
         "params:data": MemoryDataset(DATA),
         "params:degradation": MemoryDataset(DEGRADATION),
-        "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled}),
+        "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled, **settings}),
         "params:evaluation": MemoryDataset({"proxy_samples": 200, "grid_samples": 16, "seed": 0}),
         "params:checkpointing": MemoryDataset({"resume": "never", "dir": tempfile.mkdtemp()}),
         "params:distributed": MemoryDataset({"nproc": 1}),
@@ -64,6 +64,25 @@ def test_slice_with_backtracking():
     assert {"proxy_nll", "proxy_mode_coverage", "proxy_forward_kl"} <= set(hist.columns)
     fig = catalog["switch_grids_plot"].load()
     assert len(fig.axes) == 4  # three changes of target and the final state
+
+
+def test_slice_keep_best_picks_by_the_headline_proxy_on_held_out_latents():
+    catalog = _run_slice(False, keep="best", budget=12)
+    meta = catalog["generator_ema_model"].load().metadata
+    proxy = catalog["backtracking_history"].load().dropna(subset=["proxy_reverse_kl"])
+    best = proxy.loc[proxy["proxy_reverse_kl"].idxmin()]
+    assert meta["selected_by"] == "proxy_reverse_kl"
+    assert (meta["selected_iteration"], meta["selected_value"]) == (best["iteration"], best["proxy_reverse_kl"])
+    # the proxy drew its latents from evaluation.seed + 1, not the final evaluation's seed: the choice is scored on
+    # samples it never saw
+    ema, source = catalog["generator_ema_model"].load(), make_data_source(DATA)
+
+    def proxy(seed):
+        x, _ = sample_generator(ema.net, source, 200, seed, 2.5)
+        return quality(x, source, None, {}, seed)["reverse_kl"]
+
+    assert proxy(1) == pytest.approx(meta["selected_value"], rel=1e-6)
+    assert proxy(0) != pytest.approx(meta["selected_value"], rel=1e-6)
 
 
 def test_slice_baseline_skips_stage_one_and_equals_distill_without_a_path():

@@ -104,8 +104,8 @@ def _path():
     {"switch": "fixed", "k2": 6},
     {"switch": "adaptive", "adaptive": {"warmup": 2, "window": 3, "cap": 5, "fraction": 0.9}, "fake_steps": 2},
     {"switch": "fixed", "k2": 6, "gan_weight": 0.1, "loss": "sid"},
-    {"switch": "fixed", "k2": 6, "lr_schedule": "cosine", "ema_decay": 0.999, "ema_rampup": 0.2},
-], ids=["fixed", "adaptive", "sid+gan", "cosine+ema_rampup"])
+    {"switch": "fixed", "k2": 6, "lr_schedule": "cosine", "ema_decay": 0.999, "ema_rampup": 0.2, "keep": "best"},
+], ids=["fixed", "adaptive", "sid+gan", "cosine+ema_rampup+keep_best"])
 def test_stage2_resumes_bit_identical(tmp_path, settings):
     cfg = from_dict(DistillConfig, {"budget": 30, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3,
                                     "log_every": 0, "eval_every": 7, "device": "cpu", "s_init": 2.5, **settings},
@@ -118,14 +118,18 @@ def test_stage2_resumes_bit_identical(tmp_path, settings):
     def on_switch(it, key, g):
         return g(torch.zeros(2, 2), torch.ones(2)).detach()
 
-    full = distill(_teacher(), SRC, path, cfg, callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch))
+    full = distill(_teacher(), SRC, path, cfg, callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch,
+                                                                   select_by="proxy_mean"))
     with pytest.raises(Stop):
         distill(_teacher(), SRC, path, cfg, store=store(tmp_path, 5),
-                callbacks=Callbacks(stop_after(17, "iteration"), evaluate, on_switch))
-    resumed = distill(_teacher(), SRC, path, cfg, callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch),
-                      store=store(tmp_path, 5))
+                callbacks=Callbacks(stop_after(17, "iteration"), evaluate, on_switch, "proxy_mean"))
+    resumed = distill(_teacher(), SRC, path, cfg, store=store(tmp_path, 5),
+                      callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch, select_by="proxy_mean"))
     assert same_weights(full.generator.net, resumed.generator.net)
     assert same_weights(full.generator_ema.net, resumed.generator_ema.net)
+    assert full.generator_ema.metadata == resumed.generator_ema.metadata
+    if cfg.keep == "best":  # picked before the stop: the choice came back with the state
+        assert resumed.generator_ema.metadata["selected_iteration"] < 15
     assert same_rows(full.history, resumed.history)
     assert [(i, k) for i, k, _ in full.switch_samples] == [(i, k) for i, k, _ in resumed.switch_samples]
     assert all(torch.equal(a[2], b[2]) for a, b in zip(full.switch_samples, resumed.switch_samples))

@@ -225,9 +225,13 @@ class DistillConfig:
     eval_every: int = 100             # proxy-quality interval (iterations; 0 = never)
     record_every: int = 1             # history row interval (iterations)
     checkpoint_every: int = 100       # training-state interval (iterations; 0 = only at the end)
+    keep: Literal["last", "best"] = "last"  # EMA generator handed on: the last, or the best by the proxy quality
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
+        if self.keep == "best" and self.eval_every == 0:
+            raise ConfigError("backtracking.keep: best picks the EMA generator at the proxy evaluations, and "
+                              "eval_every is 0 (never); set eval_every > 0 or keep: last")
         _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight", "checkpoint_every", "ema_rampup")
         _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every")
         _fraction(self, "ema_decay")

@@ -161,11 +161,15 @@ def generator_step(nets: _Nets, loss_fn, target: torch.nn.Module, source: DataSo
 
 @dataclass
 class Callbacks:
-    """What stage 2 reports as it goes (all optional); see :func:`distill`."""
+    """What stage 2 reports as it goes (all optional); see :func:`distill`.
+
+    ``select_by`` names the column of ``evaluate``'s result (lower is better) that picks the EMA generator
+    handed on when ``backtracking.keep`` is ``best``."""
 
     on_record: RecordCallback | None = None
     evaluate: Callable[[torch.nn.Module], dict] | None = None
     on_switch: Callable[[int, str, torch.nn.Module], object] | None = None
+    select_by: str | None = None
 
 
 def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig | dict,
@@ -184,11 +188,16 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     what it returns is kept in ``result.switch_samples``. With a ``store`` the
     training state is saved every ``cfg.checkpoint_every`` iterations and a run
     continues from the newest state (restored history rows are passed to
-    ``on_record`` again).
+    ``on_record`` again). With ``cfg.keep == "best"`` the EMA generator handed on is the one whose
+    ``callbacks.select_by`` value was lowest at an evaluation (its iteration and value go into the
+    checkpoint's metadata); the raw generator is always the last.
     """
     cfg = cfg if isinstance(cfg, DistillConfig) else from_dict(DistillConfig, cfg, "backtracking")
     cb = callbacks if callbacks is not None and distributed.ranks().writer else Callbacks()  # rank 0 reports
     on_record, evaluate, on_switch = cb.on_record, cb.evaluate, cb.on_switch
+    if cfg.keep == "best" and distributed.ranks().writer and (evaluate is None or cb.select_by is None):
+        raise ValueError("backtracking.keep: best picks the EMA generator by its proxy quality, and this run has "
+                         "no evaluator (callbacks.evaluate and callbacks.select_by); set keep: last, or evaluate")
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)
@@ -234,6 +243,11 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                        "switch_reason": switch[1] if switch is not None else "", "loss_generator": loss_g.item(),
                        "loss_fake_score": loss_f, "score_mismatch": mismatch,
                        **(run.clock.off_the_clock(evaluate, nets.ema.net) if eval_due else {})}
+                if eval_due and cfg.keep == "best":
+                    if cb.select_by not in rec:
+                        raise KeyError(f"backtracking.keep: best selects by {cb.select_by!r}, which the evaluator "
+                                       f"does not return (it returns {sorted(set(rec) - set(run.history[0] if run.history else {}))})")
+                    run.best = _better(run.best, it, rec[cb.select_by], nets.ema.net)
                 run.history.append(rec)
                 if on_record is not None:
                     on_record(rec)
@@ -241,7 +255,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 status(it, target=run.key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
             if save:
                 _save(store, it, cfg.budget, nets, walk, run)
-    return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline")
+    return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline", cb.select_by)
 
 
 def _iteration(nets: _Nets, losses: tuple, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev,
@@ -271,6 +285,17 @@ class _Run:
     switch_samples: list
     clock: _Clock
     first: int  # the iteration to run next
+    best: dict | None = None  # keep = best: {"iteration", "value", "state"} of the best EMA generator so far
+
+
+def _better(best: dict | None, it: int, value, ema: torch.nn.Module) -> dict | None:
+    """The best EMA generator so far, given this evaluation's ``value`` (lower is better; not finite: ignored)."""
+    if value is None or not float(value) == float(value) or abs(float(value)) == float("inf"):
+        return best
+    if best is not None and not float(value) < best["value"]:
+        return best
+    return {"iteration": it, "value": float(value),
+            "state": {k: v.detach().to("cpu", copy=True) for k, v in ema.state_dict().items()}}
 
 
 _MODULES = ("generator", "fake")
@@ -283,7 +308,8 @@ def _save(store: StateStore, it: int, budget: int, nets: _Nets, walk: Walk, run:
     if nets.gan is not None:
         modules["gan_head"], optimizers["gan_head"] = nets.gan.head.state_dict(), nets.opt_d.state_dict()
     store.save(it, {"modules": modules, "optimizers": optimizers, "walk": walk.state_dict(), "key": run.key,
-                    "history": run.history, "switch_samples": run.switch_samples, "clock": run.clock.now()},
+                    "history": run.history, "switch_samples": run.switch_samples, "clock": run.clock.now(),
+                    "best": run.best},
                complete=it == budget, modules=(nets.generator, nets.fake, nets.ema.net))
 
 
@@ -298,7 +324,7 @@ def _restore(nets: _Nets, walk: Walk, state: dict) -> _Run:
         nets.opt_d.load_state_dict(state["optimizers"]["gan_head"])
     walk.load_state_dict(state["walk"])
     return _Run(state["key"], list(state["history"]), list(state["switch_samples"]), _Clock(float(state["clock"])),
-                state["iteration"] + 1)
+                state["iteration"] + 1, state.get("best"))
 
 
 class _Clock:
@@ -318,12 +344,22 @@ class _Clock:
             self.excluded += time.perf_counter() - t
 
 
-def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, run: _Run, on_switch, method: str) -> DistillResult:
+def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, run: _Run, on_switch, method: str,  # noqa: PLR0913
+            select_by: str | None = None) -> DistillResult:
     if on_switch is not None:
         run.switch_samples.append((cfg.budget, "final", on_switch(cfg.budget, "final", nets.ema.net)))
     meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
             "method": method, "loss": cfg.loss}
     gen_ckpt = Checkpoint(frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
-    ema_ckpt = Checkpoint(nets.ema.net.cpu(), dict(teacher.config), {**meta, "weights": "ema"})
+    ema = nets.ema.net.cpu()
+    if run.best is not None:
+        last = next((r for r in reversed(run.history) if r.get("iteration") == cfg.budget), {})
+        log.info("keeping the EMA generator of iteration %d (%s %.4g; at the last iteration %s)",
+                 run.best["iteration"], select_by, run.best["value"], last.get(select_by, "not evaluated"))
+        ema = copy.deepcopy(ema)
+        ema.load_state_dict(run.best["state"])
+        meta = {**meta, "selected_iteration": run.best["iteration"], "selected_by": select_by,
+                "selected_value": run.best["value"]}
+    ema_ckpt = Checkpoint(ema, dict(teacher.config), {**meta, "weights": "ema"})
     teacher.net.cpu()
     return DistillResult(gen_ckpt, ema_ckpt, run.history, run.switch_samples)

@@ -16,7 +16,7 @@ from ...diffusion.distributed import run as ranks_run
 from ...diffusion.path import DegradationPath
 from ...diffusion.state import state_dict_sha256, weights_sha256
 from ...diffusion.training import HISTORY_COLUMNS
-from ...evaluation.quality import FeatureSpec, quality, sample_generator
+from ...evaluation.quality import FeatureSpec, headline_metric, quality, sample_generator
 from ...reporting import switch_grid_figure
 from ...resume import state_store
 from ...tracking import MetricBuffer, log_dict, log_metrics, name_run
@@ -26,14 +26,18 @@ log = logging.getLogger(__name__)
 LOGGED = ("loss_generator", "loss_fake_score", "score_mismatch")
 
 
+PROXY_SEED_OFFSET = 1  # proxy latents come from evaluation.seed + 1: never the final evaluation's own
+
+
 class ProxyEvaluator:
     """Quality of the EMA generator on a small fixed sample set, labelled proxy_* (a class, not a closure, so it
-    travels to data-parallel ranks, where rank 0 calls it)."""
+    travels to data-parallel ranks, where rank 0 calls it). Its latents are held out from the final evaluation's,
+    so a generator picked by the proxy (``keep: best``) is scored on samples the choice never saw."""
 
     def __init__(self, source, feature_extractor: FeatureSpec, reference_stats: dict, evaluation: EvaluationConfig,
                  s_init: float):
         self.source, self.features, self.reference = source, feature_extractor, reference_stats
-        self.n, self.seed, self.s_init = evaluation.proxy_samples, evaluation.seed, s_init
+        self.n, self.seed, self.s_init = evaluation.proxy_samples, evaluation.seed + PROXY_SEED_OFFSET, s_init
 
     def __call__(self, generator: torch.nn.Module) -> dict:
         x, _ = sample_generator(generator, self.source, self.n, self.seed, self.s_init)
@@ -98,7 +102,8 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
     ranks = from_dict(DistributedConfig, distributed or {}, "distributed")
     # with several ranks, rank 0 evaluates and samples; its history comes back and is logged here
     callbacks = Callbacks(on_record if ranks.nproc == 1 else None,
-                          ProxyEvaluator(source, feature_extractor, reference_stats, ev, s_init), on_switch)
+                          ProxyEvaluator(source, feature_extractor, reference_stats, ev, s_init), on_switch,
+                          select_by=f"proxy_{headline_metric(source)}")
     result = ranks_run(distill, teacher_model, source, path, cfg, time_offset=stage1, callbacks=callbacks,
                        store=store, nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
     for rec in result.history if ranks.nproc > 1 else ():
