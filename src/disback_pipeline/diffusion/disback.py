@@ -193,11 +193,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
     checkpoint's metadata); the raw generator is always the last.
     """
     cfg = cfg if isinstance(cfg, DistillConfig) else from_dict(DistillConfig, cfg, "backtracking")
-    cb = callbacks if callbacks is not None and distributed.ranks().writer else Callbacks()  # rank 0 reports
+    cb = _reporting(callbacks, cfg)
     on_record, evaluate, on_switch = cb.on_record, cb.evaluate, cb.on_switch
-    if cfg.keep == "best" and distributed.ranks().writer and (evaluate is None or cb.select_by is None):
-        raise ValueError("backtracking.keep: best picks the EMA generator by its proxy quality, and this run has "
-                         "no evaluator (callbacks.evaluate and callbacks.select_by); set keep: last, or evaluate")
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)
@@ -242,12 +239,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 rec = {"iteration": it, "wall_clock_s": run.clock.now(), "stage": "backtracking", "target": run.key,
                        "switch_reason": switch[1] if switch is not None else "", "loss_generator": loss_g.item(),
                        "loss_fake_score": loss_f, "score_mismatch": mismatch,
-                       **(run.clock.off_the_clock(evaluate, nets.ema.net) if eval_due else {})}
-                if eval_due and cfg.keep == "best":
-                    if cb.select_by not in rec:
-                        raise KeyError(f"backtracking.keep: best selects by {cb.select_by!r}, which the evaluator "
-                                       f"does not return (it returns {sorted(set(rec) - set(run.history[0] if run.history else {}))})")
-                    run.best = _better(run.best, it, rec[cb.select_by], nets.ema.net)
+                       **(_evaluate(run, it, nets.ema.net, cb, cfg.keep) if eval_due else {})}
                 run.history.append(rec)
                 if on_record is not None:
                     on_record(rec)
@@ -256,6 +248,17 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             if save:
                 _save(store, it, cfg.budget, nets, walk, run)
     return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline", cb.select_by)
+
+
+def _reporting(callbacks: Callbacks | None, cfg: DistillConfig) -> Callbacks:
+    """This rank's callbacks: rank 0 reports, evaluates and picks (keep = best); the other ranks none."""
+    if not distributed.ranks().writer:
+        return Callbacks()
+    cb = callbacks if callbacks is not None else Callbacks()
+    if cfg.keep == "best" and (cb.evaluate is None or cb.select_by is None):
+        raise ValueError("backtracking.keep: best picks the EMA generator by its proxy quality, and this run has "
+                         "no evaluator (callbacks.evaluate and callbacks.select_by); set keep: last, or evaluate")
+    return cb
 
 
 def _iteration(nets: _Nets, losses: tuple, target: torch.nn.Module, source: DataSource, cfg: DistillConfig, dev,
@@ -286,6 +289,18 @@ class _Run:
     clock: _Clock
     first: int  # the iteration to run next
     best: dict | None = None  # keep = best: {"iteration", "value", "state"} of the best EMA generator so far
+
+
+def _evaluate(run: _Run, it: int, ema: torch.nn.Module, cb: Callbacks, keep: str) -> dict:
+    """The evaluator's columns for this iteration (off the training clock); with keep = best, the best EMA
+    generator so far is updated."""
+    columns = run.clock.off_the_clock(cb.evaluate, ema)
+    if keep == "best":
+        if cb.select_by not in columns:
+            raise KeyError(f"backtracking.keep: best selects by {cb.select_by!r}, which the evaluator does not "
+                           f"return (it returns {sorted(columns)})")
+        run.best = _better(run.best, it, columns[cb.select_by], ema)
+    return columns
 
 
 def _better(best: dict | None, it: int, value, ema: torch.nn.Module) -> dict | None:
