@@ -157,16 +157,23 @@ def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dic
         path, _ = record_degradation(ctx["teacher"], source, deg, cfg.s_init)
         stage1 = path.metadata["stage1_seconds"]
 
+    select = bool(getattr(args, "select", False)) or cfg.keep == "best"
+
     def evaluate(gen):
         x, _ = sample_generator(gen, source, ctx["n_eval"], 0, cfg.s_init)
         q = quality(x, source, ctx["features"], ctx["reference"])
-        return {"quality": q[ctx["metric"]], **{k: q[k] for k in extra_metrics if k in q}}
+        out = {"quality": q[ctx["metric"]], **{k: q[k] for k in extra_metrics if k in q}}
+        if select:  # the held-out proxy that picks the kept generator: other latents (seed 1), same count
+            xs, _ = sample_generator(gen, source, ctx["n_eval"], 1, cfg.s_init)
+            out["select_quality"] = quality(xs, source, ctx["features"], ctx["reference"], 1)[ctx["metric"]]
+        return out
 
-    res = distill(ctx["teacher"], source, path, cfg, time_offset=stage1, callbacks=Callbacks(evaluate=evaluate))
+    res = distill(ctx["teacher"], source, path, cfg, time_offset=stage1,
+                  callbacks=Callbacks(evaluate=evaluate, select_by="select_quality" if select else None))
     rows = pd.DataFrame([r for r in res.history if "quality" in r])  # wall-clock excludes evaluation time
     rows["stage1_s"] = stage1
     keep = ["iteration", "wall_clock_s", "target", "switch_reason", "score_mismatch", "quality", "stage1_s"]
-    return rows[keep + [k for k in extra_metrics if k in rows]]
+    return rows[keep + [k for k in (*extra_metrics, "select_quality") if k in rows]]
 
 
 def parse_set(items: list[str]) -> dict:
@@ -245,6 +252,9 @@ def add_run_options(ap: argparse.ArgumentParser, teacher_cache: str) -> None:
     ap.add_argument("--teacher-cache", default=teacher_cache, help="folder to keep/reuse each data set's teacher")
     ap.add_argument("--set", action="append", default=[], help="stage.key=value on top of conf for every run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: teacher pre-training, stage 1 and stage 2")
+    ap.add_argument("--select", action="store_true",
+                    help="also evaluate on held-out latents (seed 1) at every evaluation, to report the generator "
+                         "a keep-best run would hand on (scored on the evaluation's own latents)")
 
 
 def main(argv=None) -> int:

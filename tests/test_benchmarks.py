@@ -116,6 +116,22 @@ def test_longrun_summary_levels_and_flatness():
     assert base["flatness_last_quarter"] == pytest.approx(0.1) and fixed["flatness_last_quarter"] == 0.0
 
 
+def test_longrun_kept_generator_is_picked_on_held_out_latents_and_scored_on_the_evaluation_s(tmp_path):
+    import longrun
+
+    a = _curve("default", "baseline", 0, [3.0, 1.0, 2.0, 4.0]).assign(select_quality=[3.1, 1.4, 1.2, 4.2])
+    b = _curve("default", "baseline", 1, [3.0, 2.0, 1.5, 1.0]).assign(select_quality=[3.0, 2.1, 1.6, 0.9])
+    curves = pd.concat([a, b]).rename(columns={"config": "recipe"})
+    (row,) = longrun.summarise(curves, {"ring": {"metric": "reverse_kl", "teacher_quality": 0.5, "batch_size": 10}})
+    # seed 0: the held-out proxy picks iteration 300 (1.2), whose evaluation-latent quality is 2.0, not the curve's
+    # best (1.0 at 200); seed 1: iteration 400 (1.0)
+    assert row["kept_iterations"] == [300, 400] and row["kept_quality_mean"] == pytest.approx(1.5)
+    assert row["final_quality_mean"] == pytest.approx(2.5)
+    longrun.write_tables(tmp_path / "t.md", [row])
+    table = (tmp_path / "t.md").read_text()
+    assert "| ring | di | baseline | default | 2.5 +- 2.1 | 1.5 +- 0.71 | 3 | 300, 400 |" in table
+
+
 def test_robustness_table_is_a_learning_rate_by_s_init_grid():
     import longrun
 
