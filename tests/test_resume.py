@@ -251,3 +251,18 @@ def test_cosine_schedule_sets_both_learning_rates_by_iteration(monkeypatch):
     factors = [0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
     assert fake == pytest.approx([1e-3 * f for f in factors])
     assert gen == pytest.approx([2e-3 * f for f in factors])
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_optimizer_restarts_the_generator_moments_at_each_change_of_target(tmp_path, reset):
+    cfg = {"budget": 20, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3, "log_every": 0, "eval_every": 0,
+           "device": "cpu", "s_init": 2.5, "switch": "fixed", "k2": 6, "reset_optimizer": reset}
+    s = store(tmp_path, 20)
+    res = distill(_teacher(), SRC, _path(), cfg, store=s)
+    last_switch = [r["iteration"] for r in res.history if r["switch_reason"]][-1]
+    assert last_switch < 20
+    state = s._newest_readable()
+    steps = {int(v["step"]) for v in state["optimizers"]["generator"]["state"].values()}
+    # Adam counted its steps from the last change of target (reset) or from the start
+    assert steps == ({20 - last_switch + 1} if reset else {20})
+    assert {int(v["step"]) for v in state["optimizers"]["fake"]["state"].values()} == {20}  # the fake score's: kept

@@ -226,6 +226,7 @@ class DistillConfig:
     record_every: int = 1             # history row interval (iterations)
     checkpoint_every: int = 100       # training-state interval (iterations; 0 = only at the end)
     keep: Literal["last", "best"] = "last"  # EMA generator handed on: the last, or the best by the proxy quality
+    reset_optimizer: bool = False     # restart the generator's Adam moments at every change of target
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")

@@ -218,6 +218,8 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             switch = walk.target_for(it)
             if switch is not None:
                 run.key, target = switch[0], _target_net(nets, path, switch[0])
+                if cfg.reset_optimizer and switch[1] != "start":
+                    nets.opt_g.state.clear()  # Adam's moments were fitted to the old target's gradients
                 log.info("iteration %d: target is now %s (%s)", it,
                          run.key if run.key == TEACHER else f"path node {run.key}", switch[1])
                 if on_switch is not None:
