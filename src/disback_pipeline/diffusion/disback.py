@@ -114,6 +114,19 @@ def _walk(path: DegradationPath | None, cfg: DistillConfig) -> Walk:
     return walk
 
 
+def _switch(nets: _Nets, path: DegradationPath | None, cfg: DistillConfig, run: _Run, it: int,  # noqa: PLR0913
+            switch: tuple[str, str], on_switch) -> torch.nn.Module:
+    """A change of target at iteration ``it``: ``switch`` is (new target, reason); returns the target network."""
+    run.key, target = switch[0], _target_net(nets, path, switch[0])
+    if cfg.reset_optimizer and switch[1] != "start":
+        nets.opt_g.state.clear()  # Adam's moments were fitted to the old target's gradients
+    log.info("iteration %d: target is now %s (%s)", it, run.key if run.key == TEACHER else f"path node {run.key}",
+             switch[1])
+    if on_switch is not None:
+        run.switch_samples.append((it, run.key, on_switch(it, run.key, nets.ema.net)))
+    return target
+
+
 def _target_net(nets: _Nets, path: DegradationPath | None, key: str) -> torch.nn.Module:
     if key == TEACHER:
         return nets.teacher
@@ -217,13 +230,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
         for it in range(run.first, cfg.budget + 1):
             switch = walk.target_for(it)
             if switch is not None:
-                run.key, target = switch[0], _target_net(nets, path, switch[0])
-                if cfg.reset_optimizer and switch[1] != "start":
-                    nets.opt_g.state.clear()  # Adam's moments were fitted to the old target's gradients
-                log.info("iteration %d: target is now %s (%s)", it,
-                         run.key if run.key == TEACHER else f"path node {run.key}", switch[1])
-                if on_switch is not None:
-                    run.switch_samples.append((it, run.key, on_switch(it, run.key, nets.ema.net)))
+                target = _switch(nets, path, cfg, run, it, switch, on_switch)
             loss_f, loss_g, out = _iteration(nets, (fake_loss, gen_loss), target, source, cfg, dev, guard.at(it))
             bar.update(1)
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
