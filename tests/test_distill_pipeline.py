@@ -128,6 +128,7 @@ def _tiny_digits(project, budget: int, eval_every: int) -> None:
 @pytest.mark.slow
 def test_distill_session_run(project):
     _tiny_digits(project, budget=5, eval_every=5)
+    project.edit("base", "parameters_backtracking", backtracking__keep="best")  # one evaluation: the last is kept
     project.run("distill")
     root = project.path / "data" / "base"
     manifest = json.loads((root / "06_models/degradation_path/manifest.json").read_text())
@@ -173,6 +174,8 @@ def test_distill_session_run(project):
                                                          str(project.path))).read_text())
     assert [(s["iteration"], s["target"], s["switch_reason"]) for s in switches] == \
         [(1, order[1], "start"), (3, "teacher", "k2")]
+    assert run.data.metrics["backtracking/selected_iteration"] == 5 == gen.metadata["selected_iteration"]
+    assert run.data.metrics["backtracking/selected_value"] == pytest.approx(gen.metadata["selected_value"])
     assert run.data.params["backtracking.loss"] == "di" and run.data.params["degradation.k1"] == "4"
     assert run.data.metrics["evaluation/student/fid"] == pytest.approx(metrics["student"]["fid"])
     assert run.data.metrics["headline/quality_ratio"] == pytest.approx(metrics["student"]["fid"]

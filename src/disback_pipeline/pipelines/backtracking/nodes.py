@@ -110,7 +110,9 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
         on_record(rec)
     metrics.flush()
     log_dict(switches, f"{metric_prefix}switches.json")
-    log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"]},
+    kept = {k: result.generator_ema.metadata[k] for k in ("selected_iteration", "selected_value")
+            if k in result.generator_ema.metadata}  # keep = best: which EMA generator was handed on
+    log_metrics({"stage1_seconds": stage1, "total_seconds": result.history[-1]["wall_clock_s"], **kept},
                 prefix=metric_prefix)
     title = f"{'DisBack' if enabled else 'baseline'}: EMA generator at each change of target"
     return result, result.history, switch_grid_figure(result.switch_samples, title)
