@@ -113,22 +113,21 @@ def test_registry_chains_distill():
     assert {"teacher_model", "degradation_path", "generator_ema_model", "metrics"} <= pipes["distill"].datasets()
 
 
-def _tiny_digits(project, budget: int, eval_every: int) -> None:
+def _tiny_digits(project, budget: int, eval_every: int, **backtracking) -> None:
     """The default (digits) run at a size that takes seconds: a tiny UNet, a few steps per stage."""
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
                  teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
     project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
                  degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
     project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=budget,
-                 backtracking__batch_size=4, backtracking__eval_every=eval_every)
+                 backtracking__batch_size=4, backtracking__eval_every=eval_every, **backtracking)
     project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
                  evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
 
 
 @pytest.mark.slow
 def test_distill_session_run(project):
-    _tiny_digits(project, budget=5, eval_every=5)
-    project.edit("base", "parameters_backtracking", backtracking__keep="best")  # one evaluation: the last is kept
+    _tiny_digits(project, budget=5, eval_every=5, backtracking__keep="best")  # one evaluation: the last is kept
     project.run("distill")
     root = project.path / "data" / "base"
     manifest = json.loads((root / "06_models/degradation_path/manifest.json").read_text())
@@ -174,8 +173,8 @@ def test_distill_session_run(project):
                                                          str(project.path))).read_text())
     assert [(s["iteration"], s["target"], s["switch_reason"]) for s in switches] == \
         [(1, order[1], "start"), (3, "teacher", "k2")]
-    assert run.data.metrics["backtracking/selected_iteration"] == 5 == gen.metadata["selected_iteration"]
-    assert run.data.metrics["backtracking/selected_value"] == pytest.approx(gen.metadata["selected_value"])
+    assert (run.data.metrics["backtracking/selected_iteration"], run.data.metrics["backtracking/selected_value"]) \
+        == (5, pytest.approx(gen.metadata["selected_value"])) and gen.metadata["selected_iteration"] == 5
     assert run.data.params["backtracking.loss"] == "di" and run.data.params["degradation.k1"] == "4"
     assert run.data.metrics["evaluation/student/fid"] == pytest.approx(metrics["student"]["fid"])
     assert run.data.metrics["headline/quality_ratio"] == pytest.approx(metrics["student"]["fid"]
