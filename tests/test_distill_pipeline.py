@@ -159,8 +159,8 @@ def test_distill_session_run(project):
     x, _ = sample_generator(gen.net, source, 40, 0, gen.metadata["s_init"], batch_size=40)
     assert metrics["student"]["fid"] == pytest.approx(fid_against(reference, features.extract(x)), rel=1e-9)
     assert metrics["throughput_ratio"] == pytest.approx(metrics["student"]["samples_per_s"]
-                                                        / metrics["teacher"]["samples_per_s"])
-    assert metrics["extractor_test_accuracy"] == pytest.approx(features.test_accuracy)
+                                                        / metrics["teacher"]["samples_per_s"]) \
+        and metrics["extractor_test_accuracy"] == pytest.approx(features.test_accuracy)
     # what a user compares in the MLflow UI: each stage's losses per step, proxy quality at evaluation steps,
     # the switches with their reasons, the parameters
     steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
