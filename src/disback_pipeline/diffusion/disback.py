@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,7 +315,7 @@ def _evaluate(run: _Run, it: int, ema: torch.nn.Module, cb: Callbacks, keep: str
 
 def _better(best: dict | None, it: int, value, ema: torch.nn.Module) -> dict | None:
     """The best EMA generator so far, given this evaluation's ``value`` (lower is better; not finite: ignored)."""
-    if value is None or not float(value) == float(value) or abs(float(value)) == float("inf"):
+    if value is None or not math.isfinite(float(value)):
         return best
     if best is not None and not float(value) < best["value"]:
         return best
