@@ -191,7 +191,7 @@ def test_keep_best_hands_on_the_ema_generator_of_the_best_evaluation():
 def test_keep_best_without_an_evaluator_is_refused():
     with pytest.raises(ValueError, match="keep: best picks the EMA generator by its proxy quality.*no evaluator"):
         distill(_teacher(), SRC, None, {**CFG, "eval_every": 4, "keep": "best"})
-    with pytest.raises(ConfigError, match="keep: best .* eval_every is 0"):
+    with pytest.raises(ConfigError, match=r"^backtracking.keep: best .* eval_every is 0 \(never\); set eval_every > 0"):
         distill(_teacher(), SRC, None, {**CFG, "eval_every": 0, "keep": "best"})
     with pytest.raises(KeyError, match="selects by 'proxy_fid', which the evaluator does not return"):
         distill(_teacher(), SRC, None, {**CFG, "eval_every": 4, "keep": "best"},

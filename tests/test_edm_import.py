@@ -169,7 +169,8 @@ def test_converted_fixture_teacher_runs_through_distill(project, tmp_path):
     project.edit("base", "parameters_degradation", degradation__k1=2, degradation__n_nodes=1,
                  degradation__batch_size=2, degradation__candidates=2, degradation__probe_size=4)
     project.edit("base", "parameters_backtracking", backtracking__k2=1, backtracking__budget=2,
-                 backtracking__batch_size=2, backtracking__eval_every=0)
+                 backtracking__batch_size=2, backtracking__eval_every=0,
+                 backtracking__keep="last")
     project.edit("base", "parameters_evaluation", evaluation__domain__steps=5, evaluation__n_samples=12,
                  evaluation__grid_samples=4)
     project.run("distill")

@@ -231,8 +231,8 @@ class DistillConfig:
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
         if self.keep == "best" and self.eval_every == 0:
-            raise ConfigError("backtracking.keep: best picks the EMA generator at the proxy evaluations, and "
-                              "eval_every is 0 (never); set eval_every > 0 or keep: last")
+            raise ValueError("keep: best picks the EMA generator at the proxy evaluations, and eval_every is 0 "
+                             "(never); set eval_every > 0 or keep: last")
         _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight", "checkpoint_every", "ema_rampup")
         _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every")
         _fraction(self, "ema_decay")
