@@ -257,7 +257,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
                 status(it, target=run.key, loss_g=loss_g.item(), loss_fake=loss_f, mismatch=mismatch)
             if save:
                 _save(store, it, cfg.budget, nets, walk, run)
-    return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline", cb.select_by)
+    return _finish(teacher, source, cfg, nets, run, on_switch, "disback" if path else "baseline")
 
 
 def _reporting(callbacks: Callbacks | None, cfg: DistillConfig) -> Callbacks:
@@ -298,7 +298,7 @@ class _Run:
     switch_samples: list
     clock: _Clock
     first: int  # the iteration to run next
-    best: dict | None = None  # keep = best: {"iteration", "value", "state"} of the best EMA generator so far
+    best: dict | None = None  # keep = best: {"iteration", "by", "value", "state"} of the best EMA generator so far
 
 
 def _evaluate(run: _Run, it: int, ema: torch.nn.Module, cb: Callbacks, keep: str) -> dict:
@@ -309,17 +309,18 @@ def _evaluate(run: _Run, it: int, ema: torch.nn.Module, cb: Callbacks, keep: str
         if cb.select_by not in columns:
             raise KeyError(f"backtracking.keep: best selects by {cb.select_by!r}, which the evaluator does not "
                            f"return (it returns {sorted(columns)})")
-        run.best = _better(run.best, it, columns[cb.select_by], ema)
+        run.best = _better(run.best, it, cb.select_by, columns[cb.select_by], ema)
     return columns
 
 
-def _better(best: dict | None, it: int, value, ema: torch.nn.Module) -> dict | None:
-    """The best EMA generator so far, given this evaluation's ``value`` (lower is better; not finite: ignored)."""
+def _better(best: dict | None, it: int, by: str, value, ema: torch.nn.Module) -> dict | None:
+    """The best EMA generator so far, given this evaluation's ``value`` of column ``by`` (lower is better; not
+    finite: ignored)."""
     if value is None or not math.isfinite(float(value)):
         return best
     if best is not None and not float(value) < best["value"]:
         return best
-    return {"iteration": it, "value": float(value),
+    return {"iteration": it, "by": by, "value": float(value),
             "state": {k: v.detach().to("cpu", copy=True) for k, v in ema.state_dict().items()}}
 
 
@@ -369,8 +370,7 @@ class _Clock:
             self.excluded += time.perf_counter() - t
 
 
-def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, run: _Run, on_switch, method: str,  # noqa: PLR0913
-            select_by: str | None = None) -> DistillResult:
+def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, run: _Run, on_switch, method: str) -> DistillResult:
     if on_switch is not None:
         run.switch_samples.append((cfg.budget, "final", on_switch(cfg.budget, "final", nets.ema.net)))
     meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
@@ -378,12 +378,12 @@ def _finish(teacher, source, cfg: DistillConfig, nets: _Nets, run: _Run, on_swit
     gen_ckpt = Checkpoint(frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
     ema = nets.ema.net.cpu()
     if run.best is not None:
-        last = next((r for r in reversed(run.history) if r.get("iteration") == cfg.budget), {})
+        by, last = run.best["by"], next((r for r in reversed(run.history) if r.get("iteration") == cfg.budget), {})
         log.info("keeping the EMA generator of iteration %d (%s %.4g; at the last iteration %s)",
-                 run.best["iteration"], select_by, run.best["value"], last.get(select_by, "not evaluated"))
+                 run.best["iteration"], by, run.best["value"], last.get(by, "not evaluated"))
         ema = copy.deepcopy(ema)
         ema.load_state_dict(run.best["state"])
-        meta = {**meta, "selected_iteration": run.best["iteration"], "selected_by": select_by,
+        meta = {**meta, "selected_iteration": run.best["iteration"], "selected_by": by,
                 "selected_value": run.best["value"]}
     ema_ckpt = Checkpoint(ema, dict(teacher.config), {**meta, "weights": "ema"})
     teacher.net.cpu()
