@@ -326,6 +326,7 @@ class TrainingConfig:
     warmup_steps: int = 100           # linear learning-rate warm-up (steps)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     ema_decay: float = 0.999          # EMA decay per step (fraction); the EMA weights are the teacher
+    ema_rampup: float = 0.0           # EMA half-life at most this share of the steps so far (0 = off)
     P_mean: float = -1.2              # mean of ln(sigma) for the DSM loss
     P_std: float = 1.2                # std of ln(sigma) for the DSM loss
     grad_clip: float | None = 1.0     # max gradient norm (None = no clipping)
@@ -337,6 +338,7 @@ class TrainingConfig:
         _at_least(self, 1, "batch_size")
         _positive(self, "lr", "P_std")
         _fraction(self, "ema_decay")
+        _at_least(self, 0, "ema_rampup")
         if self.grad_clip is not None:
             _positive(self, "grad_clip")
 

@@ -265,7 +265,7 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
     steps = cfg.steps
     loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, net.sigma_data)
     net.to(device).train()
-    ema = EMA(net, cfg.ema_decay)
+    ema = EMA(net, cfg.ema_decay, cfg.ema_rampup)
     opt = make_adam(net.parameters(), cfg.lr, cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.lr_schedule, steps, cfg.warmup_steps))
     history: list[dict] = []
@@ -296,7 +296,7 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
             loss = train_step(opt, mean_loss, loss_fn, net, x0, labels, device=device, bf16=bf16,
                               grad_clip=cfg.grad_clip, where=guard.at(step))
             sched.step()
-            ema.update(net)
+            ema.update(net, step)
             pending.add(step, loss, time.perf_counter() - start)
             bar.update(1)
             save = store is not None and store.due(step, steps)

@@ -1,0 +1,134 @@
+"""Teacher budget: the digits teacher's domain-FID against its training FLOPs.
+
+    python benchmarks/teacher_budget.py --set steps=1500 --set ema_rampup=0.05 --out .bench/teacher_budget
+    python benchmarks/teacher_budget.py --report .bench/teacher_budget --md benchmarks/TEACHER_BUDGET.md
+
+One call trains one teacher (conf/base's network and training settings, with ``--set`` overrides of
+``teacher.training`` or ``teacher.network.unet``) and appends a row to ``<out>/rows.jsonl``: settings,
+GFLOP per step (``torch.utils.flop_counter``, forward and backward), training seconds, and the domain-FID of
+``evaluation.n_samples`` Heun samples at the evaluation's seed, the number the default run reports. Calls are
+independent, so lanes can run side by side; ``--report`` tabulates every row.
+
+Runs on the core package directly (no Kedro, no MLflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from convergence import domain_classifier, env_params  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from disback_pipeline.diffusion.backbones import build_network  # noqa: E402
+from disback_pipeline.diffusion.config import SamplerConfig, from_dict, soft_merge  # noqa: E402
+from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
+from disback_pipeline.diffusion.losses import EDMLoss  # noqa: E402
+from disback_pipeline.diffusion.teacher import network_config_for, pretrain_teacher  # noqa: E402
+from disback_pipeline.diffusion.training import make_adam, mean_loss, train_step  # noqa: E402
+from disback_pipeline.evaluation.quality import (  # noqa: E402
+    FeatureSpec,
+    quality,
+    reference_statistics,
+    sample_teacher,
+)
+
+UNET_KEYS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+
+
+def parse_sets(items: list[str]) -> tuple[dict, dict]:
+    """``key=value`` (YAML value) -> (training overrides, unet overrides)."""
+    training, unet = {}, {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--set needs key=value, got {item!r}")
+        (unet if key in UNET_KEYS else training)[key] = yaml.safe_load(value)
+    return training, unet
+
+
+def teacher_step_flops(source, network: dict, batch: int) -> float:
+    """FLOPs of one teacher DSM step (forward and backward) at ``batch``."""
+    net = build_network(network_config_for(source, network)).train()
+    opt = make_adam(net.parameters(), 1e-4)
+    x, labels = source.sample(batch)
+    with FlopCounterMode(display=False) as counter:
+        train_step(opt, mean_loss, EDMLoss(), net, x, labels, device=torch.device("cpu"))
+    return float(counter.get_total_flops())
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    p = env_params("base")
+    training_set, unet_set = parse_sets(args.set)
+    network = soft_merge(p["teacher"]["network"], {"unet": unet_set})
+    training = {**p["teacher"]["training"], **training_set, "log_every": 0, "checkpoint_every": 0}
+    source = make_data_source(p["data"])
+    flops = teacher_step_flops(source, network, int(training["batch_size"]))
+    t0 = time.perf_counter()
+    teacher, _ = pretrain_teacher(source, network, training, seed=args.seed, device="cpu")
+    train_s = time.perf_counter() - t0
+    cache = Path(args.domain_cache) if args.domain_cache else None
+    trained = domain_classifier(source, int(p["evaluation"]["domain"]["steps"]), cache)
+    features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
+    reference = reference_statistics(features.extract(source.images))
+    n = int(p["evaluation"]["n_samples"])
+    x, _ = sample_teacher(teacher.net, source, n, int(p["evaluation"]["seed"]),
+                          from_dict(SamplerConfig, p["teacher"]["sampler"]))
+    fid = float(quality(x, source, features, reference)["fid"])
+    steps = int(training["steps"])
+    return {"settings": {**training_set, **unet_set}, "steps": steps, "batch_size": int(training["batch_size"]),
+            "seed": args.seed, "gflop_per_step": flops / 1e9, "tflop": flops * steps / 1e12,
+            "train_s": round(train_s, 1), "fid": round(fid, 3), "n_samples": n, "threads": args.threads,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+
+
+def report(folder: Path, md: Path) -> None:
+    rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["tflop"], r["fid"]))
+    lines = ["| settings (over conf/base) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "conf/base"
+        lines.append(f"| {sets} | {r['steps']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['tflop']:.1f} "
+                     f"| {r['train_s']:.0f} | {r['seed']} | {r['fid']:.2f} |")
+    text = md.read_text() if md.is_file() else ""
+    head, sep, _ = text.partition("<!-- rows -->")
+    md.write_text((head + sep if sep else "<!-- rows -->") + "\n" + "\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", action="append", default=[], help="teacher.training or unet key=value (repeatable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=".bench/teacher_budget", help="folder of rows.jsonl")
+    ap.add_argument("--domain-cache", default=None, help="file to keep the domain classifier in (trained once)")
+    ap.add_argument("--report", default=None, help="folder of rows.jsonl to tabulate into --md")
+    ap.add_argument("--md", default="benchmarks/TEACHER_BUDGET.md")
+    args = ap.parse_args(argv)
+    if args.report:
+        report(Path(args.report), Path(args.md))
+        return 0
+    row = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "rows.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    sys.stdout.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
