@@ -43,8 +43,10 @@ LEVELS = (10.0, 5.0, 2.0, 1.5)  # multiples of the teacher's quality
 EXTRA = ("off_mode_mass", "mode_std")
 
 
-def recipe_name(items: list[str]) -> str:
-    return ",".join(sorted(items)) or "default"
+def recipe_name(items: list[str], budget: int = 0) -> str:
+    """The curves' recipe label: the ``--set`` items and, when ``--budget`` overrides the env's, ``budget=N``
+    (so parts that differ only in budget stay apart in the merged table)."""
+    return ",".join(sorted(items) + ([f"budget={budget}"] if budget else [])) or "default"
 
 
 def plan(datasets, losses, methods, seeds) -> list[tuple]:
@@ -61,7 +63,7 @@ def run_part(args) -> None:
     if frames:
         done = set(map(tuple, frames[0][["dataset", "loss", "method", "seed"]].drop_duplicates().to_numpy()))
     overrides = parse_set(args.set)
-    recipe = recipe_name(args.set)
+    recipe = recipe_name(args.set, args.budget)
     k, n = (int(v) for v in args.part.split("/"))
     runs = plan(args.datasets.split(","), args.losses.split(","), args.methods.split(","), args.seeds)[k - 1::n]
     teachers_file = out / "teachers.json"

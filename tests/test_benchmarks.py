@@ -90,11 +90,21 @@ def test_longrun_parts_resume_and_merge(tmp_path):
     assert {(r["loss"], r["method"]) for r in rows} == {("di", "baseline"), ("di", "adaptive"), ("sid", "baseline"),
                                                         ("sid", "adaptive")}
     for r in rows:
+        assert r["recipe"].endswith(",budget=20")  # --budget is named, so runs that differ only in budget stay apart
         assert r["seeds"] == 1 and r["iterations"] == 20 and r["teacher_quality"] > 0
         assert {"final_quality_mean", "final_quality_std", "iterations_to_1.5x", "wallclock_to_1.5x",
                 "final_off_mode_mass"} <= set(r)
         assert 0 <= r["final_off_mode_mass"] <= 1  # (mode_std appears once some samples sit near a mode)
     assert (tmp_path / "m" / "longrun.png").stat().st_size > 1000
+
+
+def test_longrun_recipe_names_sets_and_budget():
+    import longrun
+
+    assert longrun.recipe_name([]) == "default"
+    assert longrun.recipe_name(["b.y=2", "b.x=1"]) == "b.x=1,b.y=2"
+    assert longrun.recipe_name(["b.x=1"], 600) == "b.x=1,budget=600"
+    assert longrun.recipe_name([], 600) == "budget=600"
 
 
 def test_longrun_summary_levels_and_flatness():
