@@ -96,6 +96,14 @@ def domain_classifier(source, steps: int, teacher_cache: Path | None) -> Trained
     return trained
 
 
+def domain_features(source, p: dict, teacher_cache: Path | None) -> tuple[FeatureSpec, dict]:
+    """The digits domain-FID extractor (kept beside ``teacher_cache``, see :func:`domain_classifier`) and the
+    real data's reference statistics under it."""
+    trained = domain_classifier(source, int(p["evaluation"]["domain"]["steps"]), teacher_cache)
+    features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
+    return features, reference_statistics(features.extract(source.images))
+
+
 def setup(name: str, args) -> dict:
     """Teacher (trained, or reused from --teacher-cache), feature extractor, reference statistics."""
     env, data_override = DATASETS[name]
@@ -119,9 +127,7 @@ def setup(name: str, args) -> dict:
             save_checkpoint(teacher, cache)
     teacher.net.to(device)  # the teacher samples and serves as target on the runs' device
     if name == "digits":
-        trained = domain_classifier(source, int(p["evaluation"]["domain"]["steps"]), cache)
-        features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
-        reference = reference_statistics(features.extract(source.images))
+        features, reference = domain_features(source, p, cache)
         metric = "fid"
     else:
         features = FeatureSpec("none")

@@ -40,17 +40,31 @@ from disback_pipeline.diffusion.training import make_adam, mean_loss, train_step
 from disback_pipeline.evaluation.features import DomainClassifier  # noqa: E402
 
 
+def count_flops(step) -> float:
+    """FLOPs of one call of ``step`` (forward and backward), by torch.utils.flop_counter."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def teacher_step(source, network: dict, batch: int):
+    """One teacher DSM step at ``batch`` (Adam on a fresh network of ``network``), as a closure."""
+    net = build_network(network_config_for(source, network)).train()
+    opt = make_adam(net.parameters(), 1e-4)
+    x, labels = source.sample(batch)
+    return lambda: train_step(opt, mean_loss, EDMLoss(), net, x, labels, device=torch.device("cpu"))
+
+
 def measure(step, repeats: int) -> tuple[float, float]:
     """(FLOPs of one call, median seconds over ``repeats`` calls after a warm-up)."""
     step()
-    with FlopCounterMode(display=False) as counter:
-        step()
+    flops = count_flops(step)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return float(counter.get_total_flops()), statistics.median(times)
+    return flops, statistics.median(times)
 
 
 def evaluation_rows(p: dict, source, teacher_net, repeats: int) -> list[tuple]:
@@ -70,10 +84,10 @@ def evaluation_rows(p: dict, source, teacher_net, repeats: int) -> list[tuple]:
                          sigma_max=sampler["sigma_max"], rho=sampler["rho"])
 
     rows.append((f"teacher Heun sampling (NFE {sampler['nfe']})", nb, *measure(heun, max(1, repeats // 5)),
-                 math.ceil(n_draw / nb)))
+                 math.ceil(n_draw / nb), True))
     if p["evaluation"]["extractor"] == "domain" and source.labels is not None:
         dom = DomainClassifier(source.shape[0], source.num_classes)
-        dom_opt = torch.optim.Adam(dom.parameters(), lr=1e-3)
+        dom_opt = torch.optim.Adam(dom.parameters(), lr=float(p["evaluation"]["domain"]["lr"]))
         db_ = int(p["evaluation"]["domain"]["batch_size"])
         xd, yd = source.images[:db_], source.labels[:db_]
 
@@ -84,7 +98,7 @@ def evaluation_rows(p: dict, source, teacher_net, repeats: int) -> list[tuple]:
             dom_opt.step()
 
         rows.append(("domain classifier step", db_, *measure(dom_step, repeats),
-                     int(p["evaluation"]["domain"]["steps"])))
+                     int(p["evaluation"]["domain"]["steps"]), True))
     return rows
 
 
@@ -103,18 +117,13 @@ def main(argv=None) -> int:
     dev = torch.device("cpu")
     rows = []
 
+    # rows: (step, batch, FLOPs, seconds, steps in the default run, whether the default run takes it)
     tb = int(p["teacher"]["training"]["batch_size"])
-    net = copy.deepcopy(teacher_net).train()
-    opt = make_adam(net.parameters(), 1e-4)
-    loss_fn = EDMLoss()
-    x, labels = source.sample(tb)
-    rows.append(("teacher DSM step", tb, *measure(lambda: train_step(opt, mean_loss, loss_fn, net, x, labels,
-                                                                      device=dev), args.repeats),
-                 int(p["teacher"]["training"]["steps"])))
-    db = int(p["degradation"]["batch_size"])
-    x1, l1 = source.sample(db)
-    rows.append(("stage-1 step", db, *measure(lambda: train_step(opt, mean_loss, loss_fn, net, x1, l1, device=dev),
-                                              args.repeats), int(p["degradation"]["k1"])))
+    rows.append(("teacher DSM step", tb, *measure(teacher_step(source, p["teacher"]["network"], tb), args.repeats),
+                 int(p["teacher"]["training"]["steps"]), True))
+    db = int(p["degradation"]["batch_size"])  # stage 1 fine-tunes the same network with the same loss
+    rows.append(("stage-1 step", db, *measure(teacher_step(source, p["teacher"]["network"], db), args.repeats),
+                 int(p["degradation"]["k1"]), True))
     from disback_pipeline.diffusion.checkpoint import Checkpoint
 
     teacher = Checkpoint(teacher_net, {}, {})
@@ -129,19 +138,16 @@ def main(argv=None) -> int:
             generator_step(nets, gen_loss, nets.teacher, source, cfg, dev)
 
         rows.append((f"stage-2 iteration ({loss}, r = {cfg.fake_steps})", cfg.batch_size,
-                     *measure(iteration, args.repeats), cfg.budget))
+                     *measure(iteration, args.repeats), cfg.budget, loss == p["backtracking"]["loss"]))
     rows += evaluation_rows(p, source, teacher_net, args.repeats)
-    # the run trains stage 2 with the configured loss only; the other loss's row is there for comparison
-    other = [f"({loss}," for loss in ("di", "sid") if loss != p["backtracking"]["loss"]]
-    counted = [r for r in rows if not any(o in r[0] for o in other)]
-    total_flops = sum(flops * n for _, _, flops, _, n in counted)
-    total_s = sum(sec * n for _, _, _, sec, n in counted)
+    total_flops = sum(flops * n for _, _, flops, _, n, in_run in rows if in_run)
+    total_s = sum(sec * n for _, _, _, sec, n, in_run in rows if in_run)
     lines = [f"Step cost, `--env {args.env}` ({p['data']['source']}, backbone "
              f"{p['teacher']['network']['backbone']}): {platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} steps.", "",
              "| step | batch | GFLOP per step | s per step (median) | steps in the default run | GFLOP in the run | "
              "minutes here |", "|---|---|---|---|---|---|---|"]
-    for name, batch, flops, sec, n in rows:
+    for name, batch, flops, sec, n, _ in rows:
         lines.append(f"| {name} | {batch} | {flops / 1e9:.3g} | {sec:.4f} | {n} | {flops * n / 1e9:.4g} | "
                      f"{sec * n / 60:.2f} |")
     loss = p["backtracking"]["loss"]

@@ -28,21 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from convergence import domain_classifier, env_params  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from convergence import domain_features, env_params  # noqa: E402
+from step_cost import count_flops, teacher_step  # noqa: E402
 
-from disback_pipeline.diffusion.backbones import build_network  # noqa: E402
 from disback_pipeline.diffusion.config import SamplerConfig, from_dict, soft_merge  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
-from disback_pipeline.diffusion.losses import EDMLoss  # noqa: E402
-from disback_pipeline.diffusion.teacher import network_config_for, pretrain_teacher  # noqa: E402
-from disback_pipeline.diffusion.training import make_adam, mean_loss, train_step  # noqa: E402
-from disback_pipeline.evaluation.quality import (  # noqa: E402
-    FeatureSpec,
-    quality,
-    reference_statistics,
-    sample_teacher,
-)
+from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
+from disback_pipeline.evaluation.quality import quality, sample_teacher  # noqa: E402
 
 UNET_KEYS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
 
@@ -58,16 +50,6 @@ def parse_sets(items: list[str]) -> tuple[dict, dict]:
     return training, unet
 
 
-def teacher_step_flops(source, network: dict, batch: int) -> float:
-    """FLOPs of one teacher DSM step (forward and backward) at ``batch``."""
-    net = build_network(network_config_for(source, network)).train()
-    opt = make_adam(net.parameters(), 1e-4)
-    x, labels = source.sample(batch)
-    with FlopCounterMode(display=False) as counter:
-        train_step(opt, mean_loss, EDMLoss(), net, x, labels, device=torch.device("cpu"))
-    return float(counter.get_total_flops())
-
-
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     p = env_params("base")
@@ -75,14 +57,12 @@ def run(args) -> dict:
     network = soft_merge(p["teacher"]["network"], {"unet": unet_set})
     training = {**p["teacher"]["training"], **training_set, "log_every": 0, "checkpoint_every": 0}
     source = make_data_source(p["data"])
-    flops = teacher_step_flops(source, network, int(training["batch_size"]))
+    flops = count_flops(teacher_step(source, network, int(training["batch_size"])))
     t0 = time.perf_counter()
     teacher, _ = pretrain_teacher(source, network, training, seed=args.seed, device="cpu")
     train_s = time.perf_counter() - t0
     cache = Path(args.domain_cache) if args.domain_cache else None
-    trained = domain_classifier(source, int(p["evaluation"]["domain"]["steps"]), cache)
-    features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
-    reference = reference_statistics(features.extract(source.images))
+    features, reference = domain_features(source, p, cache)
     n = int(p["evaluation"]["n_samples"])
     x, _ = sample_teacher(teacher.net, source, n, int(p["evaluation"]["seed"]),
                           from_dict(SamplerConfig, p["teacher"]["sampler"]))
