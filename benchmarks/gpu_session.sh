@@ -1,42 +1,46 @@
 #!/usr/bin/env bash
-# One short GPU session, in order of priority, each part stopped at its share of DEADLINE seconds:
-#   1. the stage-2 step check (gpu_check.py) in fp32 and bf16, with the bf16 lane's operator profile;
-#   2. the digits part of the long-run study (di, dmd, sid x baseline, fixed, adaptive x 3 seeds) in LANES
-#      processes sharing the card, seeds outermost, so a cut-off study still has whole seeds;
-#   3. gpu_check's bf16 + compile lane with what time is left.
-# Everything it writes lands in OUT (logs, gpu_check.jsonl, digits_parts.tgz with each lane's part folder).
-#   OUT=/tmp/gpu bash benchmarks/gpu_session.sh
+# One short GPU session (DEADLINE seconds, about 8 minutes) that times the stage-2 step of the ADM ImageNet-64
+# configuration (gpu_check.py), in order of priority, each part in a process of its own, time-boxed:
+#   1. this checkout's code in fp32 and bf16, with the bf16 lane's operator profile;
+#   2. bf16 at batch 64;
+#   3. another tree's code (BASELINE_SRC, e.g. the last measured commit from `git archive`) in fp32 and bf16:
+#      the "before", on the same card as the "after";
+#   4. bf16 at batch 128, and bf16 with cuDNN's algorithm search off (what autotuning alone is worth);
+#   5. bf16 + compile with what is left.
+# Everything lands in OUT: machine.txt (card, CPUs, torch, when each part ended), gpu_check.jsonl (one line a
+# lane, each with its label), gpu_check_profile.txt, gpu_check.log.
+#   git archive <commit> src | tar -x -C .bench/baseline
+#   BASELINE_SRC=.bench/baseline/src BASELINE_LABEL=<commit> LABEL=<this commit> OUT=/tmp/gpu \
+#     bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.bench/gpu}
-DEADLINE=${DEADLINE:-560}
-LANES=${LANES:-9}
-BUDGET=${BUDGET:-2000}
-STUDY_UNTIL=${STUDY_UNTIL:-420}
+DEADLINE=${DEADLINE:-480}
 PY=${PYTHON:-python3}
-WORK=${WORK:-/tmp/gpu_study}
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-mkdir -p "$OUT" "$WORK"
-left() { echo $(( $1 - SECONDS )); }
+LABEL=${LABEL:-$(git rev-parse --short HEAD 2>/dev/null || echo checkout)}
+BASELINE_SRC=${BASELINE_SRC:-}
+BASELINE_LABEL=${BASELINE_LABEL:-baseline}
+EXTRA=${EXTRA:-}  # options put before every part's own, e.g. EXTRA="--tiny --iterations 1" for a dry run on the CPU
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
 
-{ nvidia-smi -L; nproc; "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"; } \
-  >"$OUT/machine.txt" 2>&1
-timeout 170 "$PY" benchmarks/gpu_check.py --lanes fp32,bf16 --profile bf16 \
-  >"$OUT/gpu_check.jsonl" 2>"$OUT/gpu_check_profile.txt"
-echo "step check done at ${SECONDS}s" >>"$OUT/machine.txt"
+# seconds for a part: its cap, or what is left of DEADLINE if that is less
+box() { local left=$(( DEADLINE - SECONDS )); (( left < $1 )) && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
+# check CAP STDERR_FILE ARGS...: one gpu_check process, its lines appended to gpu_check.jsonl
+check() {
+  local cap=$1 err=$2; shift 2
+  timeout "$(box "$cap")" "$PY" benchmarks/gpu_check.py $EXTRA "$@" >>"$OUT/gpu_check.jsonl" 2>>"$err"
+  echo "[$*] rc $? at ${SECONDS}s" >>"$OUT/machine.txt"
+}
 
-study=(--datasets digits --losses di,dmd,sid --methods baseline,fixed,adaptive --seeds 3 --budget "$BUDGET"
-       --eval-every 200 --proxy-samples 2000 --device cuda --teacher-cache "$WORK/cache"
-       --set backtracking.adaptive.cap=$(( BUDGET / 8 )))
-timeout "$(left "$STUDY_UNTIL")" "$PY" benchmarks/longrun.py "${study[@]}" --teacher-only >"$WORK/teacher.log" 2>&1
-for k in $(seq 1 "$LANES"); do
-  timeout "$(left "$STUDY_UNTIL")" "$PY" benchmarks/longrun.py "${study[@]}" --part "$k/$LANES" \
-    --out "$WORK/digits_$k" >"$WORK/digits_$k.log" 2>&1 &
-done
-wait
-echo "study stopped at ${SECONDS}s" >>"$OUT/machine.txt"
-tar czf "$OUT/digits_parts.tgz" -C "$WORK" --exclude=cache .
+{ nvidia-smi -L; echo "nproc $(nproc)"; "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
+  echo "code $LABEL, baseline ${BASELINE_SRC:-none} ($BASELINE_LABEL)"; } >"$OUT/machine.txt" 2>&1
 
-timeout "$(left "$DEADLINE")" "$PY" benchmarks/gpu_check.py --lanes bf16+compile >>"$OUT/gpu_check.jsonl" \
-  2>"$OUT/gpu_check_compile.log"
-echo "compile lane stopped at ${SECONDS}s" >>"$OUT/machine.txt"
+check 120 "$OUT/gpu_check_profile.txt" --lanes fp32,bf16 --profile bf16 --label "$LABEL"
+check 60 "$OUT/gpu_check.log" --lanes bf16 --batch 64 --label "$LABEL"
+if [[ -n "$BASELINE_SRC" ]]; then
+  check 110 "$OUT/gpu_check.log" --lanes fp32,bf16 --src "$BASELINE_SRC" --label "$BASELINE_LABEL"
+fi
+check 70 "$OUT/gpu_check.log" --lanes bf16 --batch 128 --label "$LABEL"
+check 60 "$OUT/gpu_check.log" --lanes bf16 --cudnn-benchmark off --label "$LABEL"
+check "$DEADLINE" "$OUT/gpu_check.log" --lanes bf16+compile --iterations 5 --label "$LABEL"

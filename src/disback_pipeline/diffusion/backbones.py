@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .edm_networks import DhariwalUNet, SongUNet
+from .edm_networks import DhariwalUNet, SongUNet, group_norm
 from .precond import EDMPrecond
 
 
@@ -111,10 +111,18 @@ def _groups(channels: int) -> int:
     return 1
 
 
+class _GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and keys) computed in the input's dtype, also under autocast
+    (see :func:`edm_networks.group_norm`)."""
+
+    def forward(self, x):
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 class _Attention(nn.Module):
     def __init__(self, channels: int, num_heads: int = 1):
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = _GroupNorm(_groups(channels), channels)
         self.qkv = nn.Conv2d(channels, channels * 3, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         self.num_heads = num_heads
@@ -133,10 +141,10 @@ class _Attention(nn.Module):
 class _ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, attention: bool):
         super().__init__()
-        self.norm0 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.norm0 = _GroupNorm(_groups(in_ch), in_ch)
         self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.affine = nn.Linear(emb_dim, out_ch)
-        self.norm1 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.norm1 = _GroupNorm(_groups(out_ch), out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -202,7 +210,7 @@ class UNetBackbone(nn.Module):
                 self.dec.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                               nn.Conv2d(ch, ch, 3, padding=1)))
                 res *= 2
-        self.out_norm = nn.GroupNorm(_groups(ch), ch)
+        self.out_norm = _GroupNorm(_groups(ch), ch)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)

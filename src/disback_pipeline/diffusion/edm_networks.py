@@ -72,15 +72,29 @@ class Conv2d(nn.Module):
             if self.down:
                 x = F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2,
                              padding=f_pad)
-            if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
+            if w is not None:  # the bias goes into the convolution (one kernel fewer than an added bias)
+                return F.conv2d(x, w, None if self.bias is None else self.bias.to(x.dtype), padding=w_pad)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         return x
 
 
+def group_norm(x, num_groups: int, weight, bias, eps: float):
+    """Group normalisation in the input's dtype, also under autocast.
+
+    Autocast runs ``group_norm`` in float32, so every normalisation of a bf16 activation would be a cast
+    up, a float32 norm (and the SiLU after it), and a cast back down before the next convolution: memory
+    traffic, no arithmetic. The kernels accumulate the statistics in float32 for a bf16 input anyway, so
+    the normalisation runs on the bf16 tensor itself. Outside autocast nothing changes.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return F.group_norm(x, num_groups, weight.to(x.dtype), bias.to(x.dtype), eps)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.group_norm(x, num_groups, weight.to(x.dtype), bias.to(x.dtype), eps)
+
+
 class GroupNorm(nn.Module):
-    """Group normalisation with min(32, C / 4) groups (EDM's rule)."""
+    """Group normalisation with min(32, C / 4) groups (EDM's rule), in the input's dtype (:func:`group_norm`)."""
 
     def __init__(self, num_channels: int, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5):
         super().__init__()
@@ -90,7 +104,7 @@ class GroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x):
-        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class UNetBlock(nn.Module):
@@ -137,7 +151,7 @@ class UNetBlock(nn.Module):
         else:
             x = F.silu(self.norm1(x + params))
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
-        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+        x = _scaled(x + (self.skip(orig) if self.skip is not None else orig), self.skip_scale)
         if self.num_heads:
             b, c, h, w = x.shape
             # EDM's layout of the qkv channels (heads, then channels, then q/k/v), attention through torch's fused
@@ -147,8 +161,13 @@ class UNetBlock(nn.Module):
             qkv = self.qkv(self.norm2(x)).reshape(b, self.num_heads, c // self.num_heads, 3, h * w)
             q, k, v = (t.transpose(-1, -2).contiguous() for t in qkv.unbind(3))
             attn = F.scaled_dot_product_attention(q, k, v)
-            x = (self.proj(attn.transpose(-1, -2).reshape(b, c, h, w)) + x) * self.skip_scale
+            x = _scaled(self.proj(attn.transpose(-1, -2).reshape(b, c, h, w)) + x, self.skip_scale)
         return x
+
+
+def _scaled(x, scale: float):
+    """x * scale, without a kernel when the scale is 1 (ADM's residual sums)."""
+    return x if scale == 1 else x * scale
 
 
 class PositionalEmbedding(nn.Module):

@@ -24,12 +24,19 @@ log = logging.getLogger(__name__)
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; ``cpu``/``cuda`` force one."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``/``cuda`` force one.
+
+    On CUDA, cuDNN picks each convolution's fastest algorithm by timing them once per shape
+    (``cudnn.benchmark``): every loop here repeats a few fixed shapes thousands of times.
+    """
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(preference)
+    device = torch.device(preference)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -74,16 +81,18 @@ class EMA:
     @torch.no_grad()
     def update(self, net: torch.nn.Module, step: int | None = None) -> None:
         weight = 1.0 - self.decay_at(step)
-        for p_ema, p in zip(self.net.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach(), weight)
+        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in net.parameters()], weight)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
 
 
 def make_adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
+    """Adam; on CUDA the fused implementation (one kernel for all the parameters; the same update and state)."""
     if not lr > 0:
         raise ValueError(f"learning rate must be > 0, got {lr}")
-    return torch.optim.Adam(params, lr=float(lr), betas=tuple(float(b) for b in betas))
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=float(lr), betas=tuple(float(b) for b in betas), fused=fused or None)
 
 
 def progress(total: int, desc: str):
