@@ -51,19 +51,28 @@ def heun_sampler(net, noise: torch.Tensor, class_labels=None, nfe: int = 35,
     """
     t_steps = edm_sigma_schedule(steps_for_nfe(nfe), sigma_min, sigma_max, rho)
     x = noise.to(torch.float64) * t_steps[0]
+
+    def denoise(x, t):  # the noise level as a tensor: a compiled network keeps one graph for every level
+        return net(x.float(), torch.full((x.shape[0],), float(t), device=x.device), class_labels).double()
+
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = (x - net(x.float(), float(t_cur), class_labels).double()) / t_cur
+        d_cur = (x - denoise(x, t_cur)) / t_cur
         x_next = x + (t_next - t_cur) * d_cur
         if i < len(t_steps) - 2:
-            d_next = (x_next - net(x_next.float(), float(t_next), class_labels).double()) / t_next
+            d_next = (x_next - denoise(x_next, t_next)) / t_next
             x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_next)
         x = x_next
     return x.float()
 
 
 def one_step_generate(generator, z: torch.Tensor, s_init: float, class_labels=None) -> torch.Tensor:
-    """One-step generator G(z) = D_G(s_init * z, s_init)."""
-    return generator(z * s_init, s_init, class_labels)
+    """One-step generator G(z) = D_G(s_init * z, s_init).
+
+    The noise level goes in as a tensor, as every other call of the denoisers passes it: a compiled network
+    (``compile: true``) then needs no graph of its own for a Python-number noise level.
+    """
+    sigma = torch.full((z.shape[0],), float(s_init), device=z.device)
+    return generator(z * s_init, sigma, class_labels)
 
 
 def draw_generator_batch(generator, source: DataSource, n: int, s_init: float, device, grad: bool = False):
