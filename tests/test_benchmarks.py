@@ -172,6 +172,15 @@ def test_gpu_check_tiny_lane_on_the_cpu(capsys):
         gpu_check.main(["--tiny", "--lanes", "fp16"])
 
 
+def test_gpu_check_times_one_tree_a_process(tmp_path):
+    """--src times another commit's code; this process already runs this checkout's, so another tree is refused
+    by name instead of being timed as this one."""
+    import gpu_check
+
+    with pytest.raises(SystemExit, match="already imported from .*time another tree in a process of its own"):
+        gpu_check.main(["--tiny", "--lanes", "fp32", "--src", str(tmp_path)])
+
+
 def test_channels_last_changes_only_the_layout():
     """channels_last: the same state_dict keys (checkpoints load as before) and the same step up to rounding.
     compile: true is not run here (compiling takes about 100 s on this CPU); `gpu_check.py --tiny --lanes
