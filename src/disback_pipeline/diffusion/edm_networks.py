@@ -10,6 +10,7 @@ details only matter for training from scratch and follow common practice.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -87,9 +88,9 @@ def group_norm(x, num_groups: int, weight, bias, eps: float):
     traffic, no arithmetic. The kernels accumulate the statistics in float32 for a bf16 input anyway, so
     the normalisation runs on the bf16 tensor itself. Outside autocast nothing changes.
     """
-    if not torch.is_autocast_enabled(x.device.type):
-        return F.group_norm(x, num_groups, weight.to(x.dtype), bias.to(x.dtype), eps)
-    with torch.autocast(x.device.type, enabled=False):
+    autocast_off = (torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type)
+                    else contextlib.nullcontext())
+    with autocast_off:
         return F.group_norm(x, num_groups, weight.to(x.dtype), bias.to(x.dtype), eps)
 
 
