@@ -273,13 +273,17 @@ def main(argv=None) -> int:
         rows = merge(Path(args.out), [Path(p) for p in args.merge.split(",")])
         log.info("merged %d rows into %s", len(rows), args.out)
         return 0
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    np.seterr(all="ignore")
-    if args.teacher_only:
-        for data in args.datasets.split(","):
-            setup(data, args)
-        return 0
-    run_part(args)
+    try:
+        with np.errstate(all="ignore"):
+            if args.teacher_only:
+                for data in args.datasets.split(","):
+                    setup(data, args)
+            else:
+                run_part(args)
+    finally:  # a caller in the same process (the tests) keeps its thread count
+        torch.set_num_threads(threads)
     return 0
 
 

@@ -1,12 +1,16 @@
-"""Shared fixtures: telemetry off, a throwaway copy of the project for Kedro runs."""
+"""Shared fixtures: telemetry off, a throwaway copy of the project for Kedro runs, the CPU for every test not
+marked ``gpu``, and every process-wide setting a test may change restored after it."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 for _k, _v in {"KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
@@ -51,16 +55,42 @@ class ProjectCopy:
                 mlflow.end_run(mlflow.get_run(mlflow.active_run().info.run_id).info.status)
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> ProjectCopy:
-    dest = tmp_path / "project"
-    dest.mkdir()
+def copy_project(dest: Path, with_src: bool = False) -> str:
+    """conf/ (without local/) and pyproject.toml (and src/) copied to ``dest``, every stage pinned to the CPU
+    and gloo, the MLflow store a sqlite file inside ``dest``; returns the store's URI."""
+    dest.mkdir(parents=True)
     shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    if with_src:
+        shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for file in (dest / "conf").rglob("parameters_*.yml"):  # `auto` would take a GPU where there is one
+        text = re.sub(r"^(\s*)device: auto\b", r"\1device: cpu", file.read_text(), flags=re.M)
+        file.write_text(re.sub(r"^(\s*)backend: auto\b", r"\1backend: gloo", text, flags=re.M))
     uri = f"sqlite:///{dest / 'mlflow.db'}"
     mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
     mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", uri))
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _cpu_and_restored_globals(request, monkeypatch):
+    """Tests not marked ``gpu`` see no CUDA device (nor do the processes they start); torch's thread count,
+    NumPy's floating-point error handling and torch's default dtype are put back after every test."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    threads, errors, dtype = torch.get_num_threads(), np.geterr(), torch.get_default_dtype()
+    yield
+    torch.set_num_threads(threads)
+    np.seterr(**errors)
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> ProjectCopy:
+    dest = tmp_path / "project"
+    uri = copy_project(dest)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(dest)
     yield ProjectCopy(dest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -33,20 +34,22 @@ def _teacher(tmp_path, config=MLP):
     return tmp_path / "teacher.pt"
 
 
+# Each case prepares its bad input under tmp_path and returns the call that must fail on it.
+
 def truncated_pt(tmp_path):
     file = _teacher(tmp_path)
     file.write_bytes(file.read_bytes()[:200])
-    load_teacher(str(file))
+    return lambda: load_teacher(str(file))
 
 
 def pkl_not_a_snapshot(tmp_path):
     (tmp_path / "net.pkl").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    load_teacher(str(tmp_path / "net.pkl"))
+    return lambda: load_teacher(str(tmp_path / "net.pkl"))
 
 
 def pkl_not_a_pickle(tmp_path):
     (tmp_path / "net.pkl").write_text("this is a text file\n")
-    load_teacher(str(tmp_path / "net.pkl"))
+    return lambda: load_teacher(str(tmp_path / "net.pkl"))
 
 
 def other_architecture(tmp_path):
@@ -54,12 +57,13 @@ def other_architecture(tmp_path):
     payload = torch.load(file, weights_only=True)
     payload["network"] = {**MLP, "width": 32}  # the weights are width 16
     torch.save(payload, file)
-    load_checkpoint(file)
+    return lambda: load_checkpoint(file)
 
 
 def other_data_shape(tmp_path):
-    teacher = load_checkpoint(_teacher(tmp_path))  # built for 2-D points
-    record_degradation(teacher, _digits(), DegradationConfig(k1=2, n_nodes=1, device="cpu"), 2.5)
+    file = _teacher(tmp_path)  # built for 2-D points
+    return lambda: record_degradation(load_checkpoint(file), _digits(),
+                                      DegradationConfig(k1=2, n_nodes=1, device="cpu"), 2.5)
 
 
 def _digits():
@@ -68,53 +72,51 @@ def _digits():
     return load_digits_source()
 
 
-def _path_folder(tmp_path):
+def _path_folder(folder):
     torch.manual_seed(0)
     path, _ = record_degradation(Checkpoint(build_network(MLP), dict(MLP), {}), GaussianMixture2D.ring(4),
                                  DegradationConfig(k1=4, n_nodes=2, spacing="iterations", batch_size=8,
                                                    device="cpu", log_every=0), 2.5)
-    save_path(path, tmp_path / "path")
-    return tmp_path / "path"
+    save_path(path, folder)
+    return folder
 
 
 def manifest_missing_node(tmp_path):
-    folder = _path_folder(tmp_path)
+    folder = _path_folder(tmp_path / "path")
     next(folder.glob("step_*.pt")).unlink()
-    load_path(folder)
+    return lambda: load_path(folder)
 
 
 def manifest_sha_mismatch(tmp_path):
-    folder = _path_folder(tmp_path)
+    folder = _path_folder(tmp_path / "path")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["nodes"][1]["sha256"] = "0" * 64
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    load_path(folder).load_into(build_network(MLP), manifest["nodes"][1]["key"])
+    return lambda: load_path(folder).load_into(build_network(MLP), manifest["nodes"][1]["key"])
 
 
 def params(**stages):
-    def case(tmp_path):
-        validate_parameters(stages)
-    return case
+    return lambda tmp_path: lambda: validate_parameters(stages)
 
 
 def empty_folder(tmp_path):
     (tmp_path / "images").mkdir()
-    load_image_folder(tmp_path / "images", 8)
+    return lambda: load_image_folder(tmp_path / "images", 8)
 
 
 def non_image_png(tmp_path):
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
     (tmp_path / "images" / "b.png").write_text("not an image")
-    load_image_folder(tmp_path / "images", 8)
+    return lambda: load_image_folder(tmp_path / "images", 8)
 
 
 def missing_inception(tmp_path):
-    inception_extractor(tmp_path / "nowhere" / "inception-2015-12-05.pt")
+    return lambda: inception_extractor(tmp_path / "nowhere" / "inception-2015-12-05.pt")
 
 
 def too_many_reference_samples(tmp_path):
-    build_reference_stats(FeatureSpec("none"), {"source": "digits"}, {"reference_samples": 5000})
+    return lambda: build_reference_stats(FeatureSpec("none"), {"source": "digits"}, {"reference_samples": 5000})
 
 
 TEACHER = {"network": {"backbone": "mlp"}}
@@ -152,14 +154,39 @@ CASES = {
 }
 
 
+def snapshot(folder):
+    """Every file under ``folder`` but a run's lock (each run writes its pid there): bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def kept(before: dict, after: dict) -> bool:
+    """Every output file of ``before`` is in ``after`` with its bytes and time; new files only in the run's scratch
+    folder (the MLflow run a failed run leaves for the next one to continue)."""
+    assert {p: after.get(p) for p in before} == before
+    assert [p for p in set(after) - set(before) if "09_training_state" not in p.parts] == []
+    return True
+
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory):
+    """Outputs of an earlier run (a teacher, a degradation path): a bad input must leave them as they are."""
+    folder = tmp_path_factory.mktemp("previous")
+    _teacher(folder)
+    _path_folder(folder / "degradation_path")
+    return folder
+
+
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_bad_input_is_named_with_its_fix(case, tmp_path):
-    fn, message = CASES[case]
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+def test_bad_input_is_named_with_its_fix(case, tmp_path, previous_run):
+    prepare, message = CASES[case]
+    shutil.copytree(previous_run, tmp_path / "outputs", copy_function=shutil.copy2)
+    fail = prepare(tmp_path)  # the bad input, beside the earlier outputs
+    before = snapshot(tmp_path)
+    assert sum(p.parent.name == "degradation_path" for p in before) >= 3 and len(before) >= 4
     with pytest.raises(Exception, match=message):
-        fn(tmp_path)
-    for file, content in before.items():  # nothing that existed before the call changed
-        assert file.read_bytes() == content
+        fail()
+    assert snapshot(tmp_path) == before  # nothing that existed before the call changed, moved or went
 
 
 def test_mixed_sizes_and_modes_are_converted(tmp_path):
@@ -178,16 +205,22 @@ def test_mixed_sizes_and_modes_are_converted(tmp_path):
     assert load_image_folder(folder, 8, channels=1).images.shape == (4, 1, 8, 8)
 
 
-def test_a_corrupt_teacher_file_stops_the_run_and_keeps_the_outputs(project, tmp_path):
+def test_a_corrupt_teacher_file_or_a_misspelt_key_stops_the_run_and_keeps_the_outputs(project, tmp_path):
     from .conftest import TINY_UNET
 
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=3,
                  teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
     project.run("teacher")
-    outputs = {p: p.read_bytes() for p in (project.path / "data/base").rglob("*") if p.is_file()}
+    outputs = snapshot(project.path / "data/base")
+    assert any(p.name == "teacher.pt" for p in outputs) and any(p.suffix == ".png" for p in outputs)
     bad = tmp_path / "broken.pt"
     bad.write_bytes((project.path / "data/base/06_models/teacher.pt").read_bytes()[:300])
     project.edit("base", "parameters_teacher", teacher__mode="load", teacher__checkpoint_path=str(bad))
     with pytest.raises(Exception, match="broken.pt: not a readable checkpoint, truncated or corrupt"):
         project.run("teacher")
-    assert all(file.read_bytes() == content for file, content in outputs.items())
+    assert kept(outputs, snapshot(project.path / "data/base"))
+    project.edit("base", "parameters_teacher", teacher__mode="pretrain", teacher__training__stpes=3)
+    with pytest.raises(Exception, match="unknown parameter teacher.training.stpes; did you mean "
+                                        "teacher.training.steps"):
+        project.run("teacher")
+    assert kept(outputs, snapshot(project.path / "data/base"))

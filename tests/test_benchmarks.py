@@ -197,7 +197,7 @@ def test_channels_last_changes_only_the_layout():
     torch.manual_seed(0)
     teacher = Checkpoint(build_network(cfg), cfg, {})
     keys = list(teacher.net.state_dict())
-    loop = {"budget": 2, "batch_size": 4, "device": "cpu", "log_every": 0, "eval_every": 0}
+    loop = {"budget": 2, "batch_size": 4, "device": "cpu", "log_every": 0, "eval_every": 0, "keep": "last"}
     plain = distill(teacher, load_digits_source(), None, loop)
     torch.manual_seed(0)
     teacher = Checkpoint(build_network(cfg), cfg, {})

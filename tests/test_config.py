@@ -88,7 +88,7 @@ def test_soft_merge_is_recursive_and_replaces_lists():
 
 
 def test_a_misspelt_runtime_parameter_fails_before_anything_trains(project, caplog):
-    """`kedro run --params backtracking.fake_step=5` fails at session start, naming the key; no output written."""
+    """`kedro run --params backtracking.fake_step=5` fails when the run starts, naming the key; no output written."""
     from kedro.framework.project import configure_project
     from kedro.framework.session import KedroSession
 
@@ -99,3 +99,46 @@ def test_a_misspelt_runtime_parameter_fails_before_anything_trains(project, capl
                 as session:
             session.run(pipeline_names=["distill"])
     assert not any((project.path / "data").rglob("*.pt"))  # the teacher never started
+
+
+def _defaults(cls) -> dict:
+    """A config class's field defaults, nested classes as dicts and tuples as lists (as YAML has them)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return _defaults(type(v))
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {f.name: plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls)}
+
+
+def _differences(yaml_block: dict, defaults: dict, where: str, complete: bool) -> list[str]:
+    out = [f"{where}.{k}: absent from conf/base (default {defaults[k]!r})" for k in defaults
+           if complete and k not in yaml_block]
+    for key, value in yaml_block.items():
+        if key not in defaults:
+            out.append(f"{where}.{key}: in conf/base, no such field")
+        elif isinstance(value, dict) and isinstance(defaults[key], dict) and defaults[key]:
+            out += _differences(value, defaults[key], f"{where}.{key}", complete)
+        elif isinstance(value, dict):
+            continue  # a free-form block (teacher.network): no defaults to agree with
+        elif value != defaults[key] or type(value) is not type(defaults[key]) and defaults[key] is not None:
+            out.append(f"{where}.{key}: conf/base {value!r}, default {defaults[key]!r}")
+    return out
+
+
+def test_conf_base_repeats_exactly_the_defaults():
+    """One recipe: conf/base holds every field of every stage at the config classes' default (the data block
+    only the keys of its source), so a reader of either sees the same run."""
+    from kedro.config import OmegaConfigLoader
+
+    from disback_pipeline.settings import CONFIG_LOADER_ARGS
+
+    from .conftest import ROOT
+
+    loader = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "base"})
+    params = loader["parameters"]
+    differences = []
+    for stage, cls in STAGES.items():
+        differences += _differences(params[stage], _defaults(cls), stage, complete=stage != "data")
+    assert differences == []

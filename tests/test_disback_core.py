@@ -109,7 +109,8 @@ def test_missing_manifest_is_explained(tmp_path):
 
 
 CFG = {"loss": "di", "s_init": 2.5, "k2": 3, "budget": 12, "fake_steps": 2, "lr_generator": 1e-3,
-       "lr_fake": 1e-3, "batch_size": 16, "ema_decay": 0.9, "seed": 0, "log_every": 0}
+       "lr_fake": 1e-3, "batch_size": 16, "ema_decay": 0.9, "seed": 0, "log_every": 0, "keep": "last",
+       "lr_schedule": "constant"}
 
 
 def test_distill_walks_the_path_and_ends_on_the_teacher(caplog):

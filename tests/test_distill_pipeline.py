@@ -91,8 +91,10 @@ def test_slice_baseline_skips_stage_one_and_equals_distill_without_a_path():
     assert generator.metadata["method"] == "baseline"
     hist = catalog["backtracking_history"].load()
     assert set(hist["stage"]) == {"backtracking"} and set(hist["target"]) == {"teacher"}
-    # the baseline is exactly `distill` with no path: proxy evaluation and sample grids change nothing
-    direct = distill(catalog["teacher_model"].load(), make_data_source(DATA), None, {**BACKTRACKING, "enabled": False})
+    # the baseline is exactly `distill` with no path: proxy evaluation, the kept EMA generator and sample grids
+    # change nothing in the raw generator
+    direct = distill(catalog["teacher_model"].load(), make_data_source(DATA), None,
+                     {**BACKTRACKING, "enabled": False, "keep": "last"})
     for (k, a), b in zip(generator.net.state_dict().items(), direct.generator.net.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -126,7 +128,7 @@ def _tiny_digits(project, budget: int, eval_every: int, **backtracking) -> None:
 
 
 @pytest.mark.slow
-def test_distill_session_run(project):
+def test_distill_kedro_run(project):
     _tiny_digits(project, budget=5, eval_every=5, backtracking__keep="best")  # one evaluation: the last is kept
     project.run("distill")
     root = project.path / "data" / "base"
@@ -157,7 +159,7 @@ def test_distill_session_run(project):
         assert m["extractor"] == "domain" and m["n_samples"] == 40 and m["reference_hash"] == str(reference["hash"])
     # the student's FID is what its saved EMA weights give on the evaluation seed, recomputed here
     x, _ = sample_generator(gen.net, source, 40, 0, gen.metadata["s_init"], batch_size=40)
-    assert metrics["student"]["fid"] == pytest.approx(fid_against(reference, features.extract(x)), rel=1e-9)
+    assert metrics["student"]["fid"] == pytest.approx(fid_against(reference, features.extract(x)), rel=1e-6)
     assert metrics["throughput_ratio"] == pytest.approx(metrics["student"]["samples_per_s"]
                                                         / metrics["teacher"]["samples_per_s"]) \
         and metrics["extractor_test_accuracy"] == pytest.approx(features.test_accuracy)
@@ -199,7 +201,7 @@ def test_distill_session_run(project):
 
 
 @pytest.mark.slow
-def test_compare_session_nests_one_mlflow_run_per_method(project):
+def test_compare_run_nests_one_mlflow_run_per_method(project):
     _tiny_digits(project, budget=4, eval_every=2)
     project.run("compare")
     import mlflow

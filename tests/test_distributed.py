@@ -73,7 +73,8 @@ def stage1_job(batch: int):
 
 def stage2_job(batch: int, path, settings: dict):
     cfg = from_dict(DistillConfig, {"budget": 6, "batch_size": batch, "lr_generator": 1e-3, "lr_fake": 1e-3,
-                                    "log_every": 0, "device": "cpu", "s_init": 2.5, **settings}, "backtracking")
+                                    "log_every": 0, "device": "cpu", "s_init": 2.5, "keep": "last", **settings},
+                    "backtracking")
     result = distill(_tiny_teacher(), SRC, path, cfg)
     return ({k: v.clone() for k, v in result.generator.net.state_dict().items()},
             [(r["iteration"], r["target"], r["switch_reason"]) for r in result.history if r["switch_reason"]])

@@ -117,3 +117,31 @@ def test_evaluation_batch_size_must_be_a_positive_integer(bad, message):
     with pytest.raises(ConfigError, match=f"evaluation.batch_size {message}"):
         from_dict(EvaluationConfig, {"batch_size": bad}, "evaluation")
     assert from_dict(EvaluationConfig, {"batch_size": 64}, "evaluation").batch_size == 64
+
+
+def test_image_grid_enlarges_tiles_and_keeps_them_apart():
+    from disback_pipeline.reporting import image_grid
+
+    images = torch.ones(5, 1, 8, 8)  # white 8x8 tiles
+    grid = image_grid(images, ncols=3)
+    # each tile 4x enlarged (32 px, nearest neighbour), 4 px of grey around and between them: 2 rows of 3
+    assert grid.shape == (2 * 32 + 3 * 4, 3 * 32 + 4 * 4, 1) and grid.dtype == np.uint8
+    assert (grid[4:36, 4:36] == 255).all() and (grid[:4] == 128).all() and (grid[:, 36:40] == 128).all()
+    assert (grid[40:72, 76:108] == 128).all()  # the sixth place is empty
+    checker = torch.tensor([[-1.0, 1.0], [1.0, -1.0]]).repeat(4, 4)[None, None]
+    tile = image_grid(checker, scale=2, gap=1)[1:17, 1:17, 0]
+    assert (tile[0:2, 0:2] == 0).all() and (tile[0:2, 2:4] == 255).all()  # each pixel a 2x2 block
+
+
+def test_features_do_not_depend_on_the_layout_images_arrive_in():
+    """Grey images permuted from NHWC have a channel stride of 1, which the CPU's convolutions read as
+    channels-last; the extractors copy such input to the standard layout, so the features are bit-identical."""
+    from disback_pipeline.evaluation.features import DomainClassifier, domain_features, standard_layout
+
+    torch.manual_seed(0)
+    net = DomainClassifier().eval()
+    nhwc = torch.rand(40, 8, 8, 1) * 2 - 1
+    permuted, standard = nhwc.permute(0, 3, 1, 2), nhwc.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+    assert permuted.is_contiguous() and permuted.stride() != standard.stride()  # torch calls both contiguous
+    assert standard_layout(permuted).stride() == standard.stride() and standard_layout(standard) is standard
+    assert np.array_equal(domain_features(net, permuted), domain_features(net, standard))

@@ -140,7 +140,7 @@ def test_distill_with_adversarial_term_trains_the_head_and_keeps_the_default_unc
     torch.manual_seed(0)
     teacher = Checkpoint(build_network(tiny), dict(tiny), {})
     cfg = {"s_init": 1.0, "budget": 6, "batch_size": 16, "seed": 0, "log_every": 0, "device": "cpu",
-           "lr_generator": 1e-3, "lr_fake": 1e-3}
+           "lr_generator": 1e-3, "lr_fake": 1e-3, "keep": "last"}
     plain = distill(teacher, ring, None, cfg)
     off = distill(teacher, ring, None, {**cfg, "gan_weight": 0.0, "gan": {"hidden": 8}})
     on = distill(teacher, ring, None, {**cfg, "gan_weight": 0.1, "gan": {"hidden": 8}})

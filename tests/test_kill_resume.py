@@ -5,7 +5,6 @@ column but wall-clock, one MLflow run with no metric step logged twice. SIGTERM 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import yaml
 
 from disback_pipeline.diffusion.checkpoint import read_payload
 from disback_pipeline.diffusion.config import soft_merge
+
+from .conftest import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 KEDRO = Path(sys.executable).parent / "kedro"
@@ -42,17 +43,10 @@ pytestmark = pytest.mark.slow
 
 def _copy(dest: Path) -> dict[str, str]:
     """A project copy with the small toy2d settings; returns the environment its commands run with."""
-    dest.mkdir(parents=True)
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    uri = copy_project(dest, with_src=True)
     for name, override in SMALL.items():
         file = dest / "conf" / ENV / f"{name}.yml"
         file.write_text(yaml.safe_dump(soft_merge(yaml.safe_load(file.read_text()), override)))
-    uri = f"sqlite:///{dest / 'mlflow.db'}"
-    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
-    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", uri))
     # one thread: results are bit-identical between processes only at equal thread counts
     return {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1",
             "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -84,13 +78,28 @@ def _run_and_stop(repo: Path, env: dict, folder: str, after: int, sig=signal.SIG
     assert proc.returncode != 0, f"the run ended before it was stopped in {folder}: {err[-2000:]}"
     newest = torch.load(sorted(states.glob("state-*.pt"))[-1], weights_only=True)
     assert not newest["complete"], f"{folder} had finished when the signal came: stop earlier"
-    return proc.returncode, err
+    return proc.returncode, err, newest["iteration"]
+
+
+TOTALS = {"teacher": 500, "degradation": 300, "backtracking": 300}
+
+
+def _trained(repo: Path) -> dict[str, tuple[int, int]]:
+    """Per stage, from its newest (finished) state: (the iteration its process resumed after, the iterations
+    that process trained)."""
+    out = {}
+    for stage, total in TOTALS.items():
+        newest = torch.load(sorted((repo / STATES / stage).glob("state-*.pt"))[-1], weights_only=True)
+        assert newest["complete"] and newest["iteration"] == total, stage
+        out[stage] = (newest["resumed_from"], newest["trained"])
+    return out
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("uninterrupted") / "project"
     _run(repo, _copy(repo))
+    assert _trained(repo) == {stage: (0, total) for stage, total in TOTALS.items()}
     return repo
 
 
@@ -135,10 +144,15 @@ def _runs(repo: Path, env: dict):
 def test_sigkill_then_same_command_ends_as_the_uninterrupted_run(tmp_path, uninterrupted, folder, after):
     repo = tmp_path / "project"
     env = _copy(repo)
-    code, _ = _run_and_stop(repo, env, folder, after)
-    assert code == -signal.SIGKILL
+    code, _, restored = _run_and_stop(repo, env, folder, after)
+    assert code == -signal.SIGKILL and restored >= after
     _run(repo, env)
     _compare(repo, uninterrupted)
+    # the killed stage trained only what its state lacked; the stages before it were reused, those after it
+    # trained once
+    assert _trained(repo)[folder] == (restored, TOTALS[folder] - restored)
+    assert {s: t for s, t in _trained(repo).items() if s != folder} == \
+        {s: (0, n) for s, n in TOTALS.items() if s != folder}
     client, runs = _runs(repo, env)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was continued, not replaced
     run_id = runs[0].info.run_id
@@ -151,7 +165,8 @@ def test_sigkill_then_same_command_ends_as_the_uninterrupted_run(tmp_path, unint
 def test_sigterm_ends_compare_runs_killed_and_the_same_command_continues_them(tmp_path):
     repo = tmp_path / "project"
     env = _copy(repo)
-    code, err = _run_and_stop(repo, env, "compare/disback/backtracking", 30, sig=signal.SIGTERM, pipeline="compare")
+    code, err, _ = _run_and_stop(repo, env, "compare/disback/backtracking", 30, sig=signal.SIGTERM,
+                                 pipeline="compare")
     assert code == 1 and "Aborted" in err  # click reports the KeyboardInterrupt that SIGTERM became
     client, runs = _runs(repo, env)
     status = {r.info.run_name: r.info.status for r in runs}
@@ -171,7 +186,7 @@ def test_sigterm_ends_compare_runs_killed_and_the_same_command_continues_them(tm
 def test_ctrl_c_ends_the_run_killed(tmp_path):
     repo = tmp_path / "project"
     env = _copy(repo)
-    code, err = _run_and_stop(repo, env, "teacher", 30, sig=signal.SIGINT, pipeline="teacher")
+    code, err, _ = _run_and_stop(repo, env, "teacher", 30, sig=signal.SIGINT, pipeline="teacher")
     assert code == 1 and "Aborted" in err
     _, runs = _runs(repo, env)
     assert [r.info.status for r in runs] == ["KILLED"]

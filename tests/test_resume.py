@@ -62,15 +62,18 @@ def test_teacher_training_resumes_bit_identical(tmp_path):
         pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu", on_step=stop_after(14, "step"),
                          store=store(tmp_path, 5))
     assert [p.name for p in (tmp_path / "s").iterdir()] and len(store(tmp_path, 5).files()) == 2  # keep = 2
-    seen = []
+    seen, again_store = [], store(tmp_path, 5)
     resumed, hist = pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu",
-                                     on_step=lambda step, rec: seen.append(step), store=store(tmp_path, 5))
+                                     on_step=lambda step, rec: seen.append(step), store=again_store)
+    assert (again_store.resumed_from, again_store.trained) == (10, 14)  # the state after 10; 11..24 trained
     assert same_weights(full.net, resumed.net)
     assert same_rows(full_hist, hist) and len(hist) == 24
     assert seen == list(range(1, 25))  # restored steps replayed (a resumed MLflow run skips those it holds)
     # the finished state makes a re-run reuse the stage: nothing is trained, the same teacher comes back
-    again, hist2 = pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu", store=store(tmp_path, 5))
+    reuse = store(tmp_path, 5)
+    again, hist2 = pretrain_teacher(SRC, TINY, TRAIN, seed=3, device="cpu", store=reuse)
     assert same_weights(full.net, again.net) and same_rows(hist, hist2)
+    assert (reuse.resumed_from, reuse.trained) == (24, 0)
 
 
 def _teacher():
@@ -88,7 +91,9 @@ def test_stage1_resumes_bit_identical(tmp_path):
     with pytest.raises(Stop):
         record_degradation(_teacher(), SRC, DEG, 2.5, on_record=stop_after(11, "iteration"),
                            store=store(tmp_path, 4))
-    resumed, hist = record_degradation(_teacher(), SRC, DEG, 2.5, store=store(tmp_path, 4))
+    again = store(tmp_path, 4)
+    resumed, hist = record_degradation(_teacher(), SRC, DEG, 2.5, store=again)
+    assert (again.resumed_from, again.trained) == (8, 10)  # the state after 8; 9..18 trained
     assert resumed.keys == full.keys
     assert all(all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
                for a, b in zip(full.nodes, resumed.nodes))
@@ -123,8 +128,10 @@ def test_stage2_resumes_bit_identical(tmp_path, settings):
     with pytest.raises(Stop):
         distill(_teacher(), SRC, path, cfg, store=store(tmp_path, 5),
                 callbacks=Callbacks(stop_after(17, "iteration"), evaluate, on_switch, "proxy_mean"))
-    resumed = distill(_teacher(), SRC, path, cfg, store=store(tmp_path, 5),
+    again = store(tmp_path, 5)
+    resumed = distill(_teacher(), SRC, path, cfg, store=again,
                       callbacks=Callbacks(evaluate=evaluate, on_switch=on_switch, select_by="proxy_mean"))
+    assert (again.resumed_from, again.trained) == (15, 15)  # the state after 15; 16..30 trained
     assert same_weights(full.generator.net, resumed.generator.net)
     assert same_weights(full.generator_ema.net, resumed.generator_ema.net)
     assert full.generator_ema.metadata == resumed.generator_ema.metadata
@@ -244,7 +251,8 @@ def test_cosine_schedule_sets_both_learning_rates_by_iteration(monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     cfg = from_dict(DistillConfig, {"budget": 8, "batch_size": 8, "lr_generator": 2e-3, "lr_fake": 1e-3,
-                                    "lr_schedule": "cosine", "log_every": 0, "eval_every": 0, "device": "cpu"},
+                                    "lr_schedule": "cosine", "log_every": 0, "eval_every": 0, "device": "cpu",
+                                    "keep": "last"},
                     "backtracking")
     distill(_teacher(), SRC, None, cfg)
     fake, gen = seen[0::2], seen[1::2]  # each iteration: one fake-score step, then the generator step
@@ -256,7 +264,7 @@ def test_cosine_schedule_sets_both_learning_rates_by_iteration(monkeypatch):
 @pytest.mark.parametrize("reset", [False, True])
 def test_reset_optimizer_restarts_the_generator_moments_at_each_change_of_target(tmp_path, reset):
     cfg = {"budget": 20, "batch_size": 16, "lr_generator": 1e-3, "lr_fake": 1e-3, "log_every": 0, "eval_every": 0,
-           "device": "cpu", "s_init": 2.5, "switch": "fixed", "k2": 6, "reset_optimizer": reset}
+           "device": "cpu", "s_init": 2.5, "switch": "fixed", "k2": 6, "reset_optimizer": reset, "keep": "last"}
     s = store(tmp_path, 20)
     res = distill(_teacher(), SRC, _path(), cfg, store=s)
     last_switch = [r["iteration"] for r in res.history if r["switch_reason"]][-1]

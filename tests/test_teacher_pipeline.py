@@ -11,7 +11,7 @@ from disback_pipeline.pipelines.teacher.nodes import train_or_load_teacher
 from .conftest import TINY_UNET
 
 
-def test_teacher_session_run_logs_to_mlflow(project):
+def test_teacher_kedro_run_logs_to_mlflow(project):
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=6,
                  teacher__training__batch_size=8, teacher__training__log_every=3,
                  teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
@@ -102,5 +102,5 @@ def test_a_second_run_in_the_same_environment_stops_at_once(project):
         with pytest.raises(RuntimeError, match=r"another `kedro run` \(pid 12345\) is using .*base/09_training_state"):
             project.run("teacher")
         assert not (project.path / "data/base/06_models/teacher.pt").exists()
-    project.run("teacher")  # released: the run goes ahead
+    project.run("teacher")  # unlocked: the run goes ahead
     assert (project.path / "data/base/06_models/teacher.pt").is_file()

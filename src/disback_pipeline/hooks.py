@@ -26,7 +26,7 @@ class MarkExperiment:
 
     @hook_impl
     def before_pipeline_run(self) -> None:
-        self._done = False  # one hook object serves every session of a process (and their stores)
+        self._done = False  # one hook object serves every KedroSession of a process (and their stores)
 
     @hook_impl
     def before_node_run(self) -> None:
@@ -120,7 +120,7 @@ class ResumeRun:
     def _finish(self) -> None:
         self._restore_signals()
         if self._lock is not None:
-            self._lock.release()
+            self._lock.unlock()
 
     def _install_signals(self) -> None:
         def interrupt(signum, frame):

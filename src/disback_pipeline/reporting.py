@@ -17,16 +17,25 @@ def _figure(figsize, ncols: int = 1):
     return fig, axes[0, 0] if ncols == 1 else axes[0]
 
 
-def image_grid(images: torch.Tensor, ncols: int | None = None) -> np.ndarray:
-    """Tile (N, C, H, W) images in [-1, 1] into an (rows*H, cols*W, C) uint8 array."""
+def image_grid(images: torch.Tensor, ncols: int | None = None, gap: int | None = None,
+               scale: int | None = None) -> np.ndarray:
+    """Tile (N, C, H, W) images in [-1, 1] into a uint8 (rows, cols, C) array that reads at a glance: each image
+    enlarged ``scale`` times by pixel repetition (nearest neighbour; default: to at least 32 pixels), tiles
+    ``gap`` pixels apart (default: an eighth of an enlarged tile) on a mid-grey ground, so neighbouring
+    digits never run into each other."""
     x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, c, h, w = x.shape
+    scale = scale or max(1, -(-32 // max(h, w)))
+    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    h, w = h * scale, w * scale
+    gap = max(1, h // 8) if gap is None else gap
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
-    grid = torch.zeros(nrows * h, ncols * w, c, dtype=torch.uint8)
+    grid = torch.full((nrows * (h + gap) + gap, ncols * (w + gap) + gap, c), 128, dtype=torch.uint8)
     for i in range(n):
         r, col = divmod(i, ncols)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = x[i].permute(1, 2, 0)
+        top, left = gap + r * (h + gap), gap + col * (w + gap)
+        grid[top:top + h, left:left + w] = x[i].permute(1, 2, 0)
     return grid.numpy()
 
 
@@ -42,9 +51,10 @@ def samples_figure(samples: torch.Tensor, title: str, reference: torch.Tensor | 
     else:
         grid = image_grid(samples)
         fig, ax = _figure((6, 6))
-        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
         ax.axis("off")
-    ax.set_title(title)
+    ax.set_title(f"{title}: {len(samples):,} samples")
     fig.tight_layout()
     return fig
 
@@ -61,10 +71,13 @@ def switch_grid_figure(snapshots: list[tuple[int, str, torch.Tensor]], title: st
             ax.set_aspect("equal")
         else:
             grid = image_grid(x[:36])
-            ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
+            ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+                      interpolation="nearest")
             ax.axis("off")
-        ax.set_title(f"it {iteration}\n-> {target}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+        ax.set_title(f"iteration {iteration}\ntarget: {target}", fontsize=8)
+    x = snapshots[0][2] if snapshots else torch.zeros(0, 2)
+    shown = len(x) if x.ndim == 2 else min(36, len(x))
+    fig.suptitle(f"{title}: the EMA generator at each change of target ({shown} samples a panel)", fontsize=9)
     fig.tight_layout()
     return fig
 

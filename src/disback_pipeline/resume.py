@@ -57,9 +57,9 @@ class RunLock:
     def acquire(self) -> None:
         import fcntl
 
-        self.release()  # a lock left by a run of this process that Ctrl-C stopped before its hooks ended it
+        self.unlock()  # a lock left by a run of this process that Ctrl-C stopped before its hooks ended it
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.file, "a+")  # noqa: SIM115 - held until release()
+        fh = open(self.file, "a+")  # noqa: SIM115 - held until unlock()
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -76,7 +76,7 @@ class RunLock:
         fh.flush()
         self._fh = fh
 
-    def release(self) -> None:
+    def unlock(self) -> None:
         if self._fh is not None:
             import fcntl
 

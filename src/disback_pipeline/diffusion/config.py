@@ -1,7 +1,7 @@
 """Typed configuration: one frozen dataclass per stage, built once from the parameters dict.
 
-Each field has its unit in a comment and the single default (the YAML files in
-conf/ repeat the values users change). :func:`from_dict` refuses unknown keys,
+Each field has its unit in a comment and the single default; conf/base repeats exactly these
+values (tests/test_config.py fails when the two disagree), and environments override them. :func:`from_dict` refuses unknown keys,
 naming the nearest valid one, and wrong types; each class's ``__post_init__``
 checks ranges and choices, naming the field.
 """
@@ -199,13 +199,13 @@ class DistillConfig:
     loss: Literal["di", "dmd", "sid"] = "di"  # base score-distillation loss
     s_init: float = 2.5               # noise level at which G denoises its latent (data units)
     switch: Literal["fixed", "adaptive"] = "fixed"  # when to leave a path node
-    k2: int = 50                      # K2: generator iterations per intermediate node when fixed (count)
+    k2: int = 10                      # K2: generator iterations per intermediate node when fixed (count)
     adaptive: AdaptiveRule = field(default_factory=AdaptiveRule)  # rule when switch = adaptive
-    budget: int = 600                 # total generator iterations (count)
+    budget: int = 500                 # total generator iterations (count)
     fake_steps: int = 1               # r: fake-score DSM steps per generator step (count)
-    lr_generator: float = 1.0e-4      # generator Adam learning rate (per step)
-    lr_fake: float = 1.0e-4           # fake-score Adam learning rate (per step)
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # both learning rates over the budget (cosine: to 0)
+    lr_generator: float = 2.0e-4      # generator Adam learning rate (per step)
+    lr_fake: float = 2.0e-4           # fake-score Adam learning rate (per step)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # both learning rates over the budget (cosine: to 0)
     betas: tuple[float, float] = (0.0, 0.999)  # Adam betas for both networks
     batch_size: int = 64              # samples per step (count)
     sigma: SigmaConfig = field(default_factory=SigmaConfig)  # generator-loss noise levels (di, dmd)
@@ -225,8 +225,8 @@ class DistillConfig:
     eval_every: int = 100             # proxy-quality interval (iterations; 0 = never)
     record_every: int = 1             # history row interval (iterations)
     checkpoint_every: int = 100       # training-state interval (iterations; 0 = only at the end)
-    keep: Literal["last", "best"] = "last"  # EMA generator handed on: the last, or the best by the proxy quality
-    reset_optimizer: bool = False     # restart the generator's Adam moments at every change of target
+    keep: Literal["last", "best"] = "best"  # EMA generator handed on: the last, or the best by the proxy quality
+    reset_optimizer: bool = True      # restart the generator's Adam moments at every change of target
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
@@ -260,7 +260,7 @@ class DistillConfig:
 class DegradationConfig:
     """Stage 1: fine-tune a teacher copy on the frozen initial generator's samples."""
 
-    k1: int = 400                     # K1: fine-tuning iterations (steps)
+    k1: int = 300                     # K1: fine-tuning iterations (steps)
     n_nodes: int = 4                  # N: path nodes after the teacher (count)
     spacing: Literal["iterations", "distance"] = "distance"  # where the nodes go
     candidates: int = 40              # snapshots considered by spacing = distance (count)
@@ -319,14 +319,14 @@ class DataConfig:
 class TrainingConfig:
     """Teacher pre-training with the EDM DSM loss."""
 
-    steps: int = 3000                 # optimiser steps (count)
-    batch_size: int = 128             # samples per step (count)
+    steps: int = 1500                 # optimiser steps (count)
+    batch_size: int = 64              # samples per step (count)
     lr: float = 1.0e-3                # peak Adam learning rate (per step)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # decay over `steps`
     warmup_steps: int = 100           # linear learning-rate warm-up (steps)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     ema_decay: float = 0.999          # EMA decay per step (fraction); the EMA weights are the teacher
-    ema_rampup: float = 0.0           # EMA half-life at most this share of the steps so far (0 = off)
+    ema_rampup: float = 0.05          # EMA half-life at most this share of the steps so far (0 = off)
     P_mean: float = -1.2              # mean of ln(sigma) for the DSM loss
     P_std: float = 1.2                # std of ln(sigma) for the DSM loss
     grad_clip: float | None = 1.0     # max gradient norm (None = no clipping)
@@ -427,7 +427,7 @@ class CheckpointingConfig:
 
     resume: Literal["auto", "never"] = "auto"  # auto: continue a stage from its newest state | never: start afresh
     keep: int = 2                     # newest states kept per stage (count)
-    dir: str = "data/09_training_state"  # folder of the states, one sub-folder per stage (per environment)
+    dir: str = "data/base/09_training_state"  # folder of the states, one sub-folder per stage (per environment)
 
     def __post_init__(self):
         _at_least(self, 1, "keep")

@@ -116,7 +116,7 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
                 snapshots[step] = _cpu_state(degraded)
                 if store is not None:
                     store.put_blob(f"snapshot-{step:09d}", snapshots[step])
-            save = store is not None and store.due(step, cfg.k1)
+            save = store is not None and store.tick(step, cfg.k1)
             record = step % cfg.record_every == 0 or step == cfg.k1
             if save or record or status.due(step):
                 guard.check()  # where values are read anyway, and before every state

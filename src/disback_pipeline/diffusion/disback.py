@@ -236,7 +236,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             bar.update(1)
             eval_due = evaluate is not None and cfg.eval_every > 0 and (it % cfg.eval_every == 0 or it == cfg.budget)
             record_due = it % cfg.record_every == 0 or it == cfg.budget or switch is not None or eval_due
-            save = store is not None and store.due(it, cfg.budget)
+            save = store is not None and store.tick(it, cfg.budget)
             read = record_due or status.due(it)  # values leave the device only at record and status intervals
             if read or save:
                 guard.check()  # a deferred guard's flags are read here, and before every state

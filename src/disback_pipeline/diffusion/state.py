@@ -136,6 +136,9 @@ class StateStore:
 
     def __post_init__(self):
         self.folder = Path(self.folder)
+        # what this process did: the iteration it resumed after (0 = afresh) and how many it trained since;
+        # every state carries both, so a resume that retrained restored iterations shows in the files
+        self.resumed_from, self.trained = 0, 0
         if self.resume not in ("auto", "never"):
             raise ValueError(f"checkpointing.resume must be auto or never, got {self.resume!r}")
         if self.keep < 1:
@@ -145,7 +148,10 @@ class StateStore:
         """State files, newest iteration first."""
         return sorted(self.folder.glob("state-*.pt"), reverse=True)
 
-    def due(self, iteration: int, total: int) -> bool:
+    def tick(self, iteration: int, total: int) -> bool:
+        """Called once per iteration the loop has trained: counts it, and says whether a state is due after it
+        (every ``every`` iterations and at the last)."""
+        self.trained += 1
         return iteration == total or (self.every > 0 and iteration % self.every == 0)
 
     def begin(self) -> dict[str, Any] | None:
@@ -156,7 +162,9 @@ class StateStore:
         writer = distributed.ranks().writer
         state = self._begin() if writer else None
         distributed.barrier()
-        return state if writer else self._begin()
+        state = state if writer else self._begin()
+        self.resumed_from, self.trained = (int(state["iteration"]) if state is not None else 0), 0
+        return state
 
     def _begin(self) -> dict[str, Any] | None:
         if self.resume == "never":
@@ -240,7 +248,11 @@ class StateStore:
             return file
         atomic_torch_save({"format": FORMAT, "version": VERSION, "stage": self.stage, "iteration": int(iteration),
                            "complete": bool(complete), "fingerprint": self.fingerprint, "run_id": self.run_id,
-                           "rng": rng_state(), **payload}, file)
+                           "rng": rng_state(), "resumed_from": self.resumed_from, "trained": self.trained,
+                           **payload}, file)
+        if complete:
+            log.info("%s: finished at iteration %d; this process trained %d iteration(s) after iteration %d",
+                     self.stage, iteration, self.trained, self.resumed_from)
         for old in self.files()[self.keep:]:
             old.unlink(missing_ok=True)
         return file

@@ -308,7 +308,7 @@ def train_dsm(net: torch.nn.Module, batches: Callable[[int], tuple], cfg: Traini
             ema.update(net, step)
             pending.add(step, loss, time.perf_counter() - start)
             bar.update(1)
-            save = store is not None and store.due(step, steps)
+            save = store is not None and store.tick(step, steps)
             if save or status.due(step) or step == steps or len(pending.rows) >= READ_EVERY:
                 pending.read()
                 status(step, loss=history[-1]["loss"])

@@ -88,10 +88,21 @@ def train_domain_classifier(source: TensorImages, steps: int = 1500, batch_size:
     return TrainedExtractor(net, config, acc)
 
 
+def standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the strides of a freshly allocated tensor of its shape (a copy only when they differ).
+
+    torch calls a tensor with a size-1 dimension contiguous whatever that dimension's stride, but the CPU's
+    convolution kernels read the strides to pick a memory format: grey images permuted from NHWC (stride 1 on
+    the channel) run as channels-last and round differently. Features of the same images must not depend on
+    where they came from, so every extractor's input goes through here."""
+    standard = torch.empty(x.shape, dtype=x.dtype).stride() if x.dim() else ()
+    return x if x.stride() == standard else x.clone(memory_format=torch.contiguous_format)
+
+
 @torch.no_grad()
 def domain_features(net: DomainClassifier, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Features of images in [-1, 1], shape (N, feature_dim), float64."""
-    out = [net.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]
+    out = [net.features(standard_layout(images[i:i + batch_size].float())) for i in range(0, len(images), batch_size)]
     return torch.cat(out).double().numpy()
 
 
@@ -110,7 +121,7 @@ def inception_extractor(path: str | Path | None, mode: str = "clean", device: st
     if file is None or not file.is_file():
         raise FileNotFoundError(
             f"Inception weights not found at {file}. Download {INCEPTION_FILE} on a machine with network "
-            "access (clean-fid's release, or run `python -c \"from cleanfid import fid\"` there and copy it from "
+            "access (clean-fid's published file, or run `python -c \"from cleanfid import fid\"` there and copy it from "
             "/tmp), put it on this machine and set evaluation.inception_path to the file; or use extractor: "
             "domain, which needs no download."
         )
@@ -125,7 +136,7 @@ def inception_extractor(path: str | Path | None, mode: str = "clean", device: st
     def extract(images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         feats = []
         for i in range(0, len(images), batch_size):
-            x = ((images[i:i + batch_size].clamp(-1, 1) + 1) * 127.5)
+            x = standard_layout((images[i:i + batch_size].clamp(-1, 1) + 1) * 127.5)
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
             if resize is not None:

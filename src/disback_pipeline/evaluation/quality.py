@@ -104,7 +104,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         from cleanfid.fid import frechet_distance as clean
 
         return float(clean(mu1, sigma1, mu2, sigma2))
-    except ImportError:  # a bare machine without the project's install (a GPU lease): the same formula below
+    except ImportError:  # a bare machine without the project's install (a GPU machine): the same formula below
         pass
     except TypeError as exc:
         if "disp" not in str(exc):

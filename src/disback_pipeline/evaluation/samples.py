@@ -126,4 +126,6 @@ def read_images(path: str | Path) -> torch.Tensor:
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
         raise ValueError(f"{path}: expected uint8 images (N, H, W[, C]), got {arr.dtype} {arr.shape}")
     arr = arr[..., None] if arr.ndim == 3 else arr
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # the strides of a fresh NCHW tensor whatever the source (see features.standard_layout)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().clone(memory_format=torch.contiguous_format) \
+        / 127.5 - 1.0
