@@ -3,6 +3,7 @@ written under other settings is refused (unfinished) or superseded (finished); t
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,8 +14,8 @@ from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.disback import Callbacks, distill
 from disback_pipeline.diffusion.state import DivergenceError, StateError, StateStore, fingerprint
-from disback_pipeline.diffusion.teacher import pretrain_teacher
-from disback_pipeline.diffusion.training import Guard, train_dsm
+from disback_pipeline.diffusion.teacher import pretrain_teacher, train_dsm
+from disback_pipeline.diffusion.training import Guard
 
 TINY = {"backbone": "mlp", "width": 16, "num_blocks": 1, "emb_dim": 8}
 SRC = GaussianMixture2D.ring(4, 1.0, 0.1)
@@ -274,3 +275,61 @@ def test_reset_optimizer_restarts_the_generator_moments_at_each_change_of_target
     # Adam counted its steps from the last change of target (reset) or from the start
     assert steps == ({20 - last_switch + 1} if reset else {20})
     assert {int(v["step"]) for v in state["optimizers"]["fake"]["state"].values()} == {20}  # the fake score's: kept
+
+
+def _drop_newest_state(root, stage):
+    """As if the run had been killed after the stage's previous state: its finished state goes."""
+    newest = sorted((root / "09_training_state" / stage).glob("state-*.pt"))[-1]
+    newest.unlink()
+
+
+@pytest.mark.slow
+def test_other_data_teacher_or_path_under_the_same_settings_refuse_an_unfinished_state(project, tmp_path):
+    """The fingerprint holds what a stage trains on, not only its settings: the data's content, the teacher's
+    weights (stages 1 and 2) and the path's (stage 2)."""
+    from PIL import Image
+
+    from .conftest import TINY_UNET
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+    project.edit("base", "parameters_data", data__source="image_folder", data__path=str(tmp_path / "images"),
+                 data__resolution=8, data__channels=1, data__workers=0)
+    project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
+                 teacher__training__batch_size=4, teacher__training__checkpoint_every=2,
+                 teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
+                 degradation__candidates=4, degradation__probe_size=8, degradation__batch_size=4,
+                 degradation__checkpoint_every=2)
+    project.edit("base", "parameters_backtracking", backtracking__budget=4, backtracking__k2=1,
+                 backtracking__batch_size=4, backtracking__eval_every=2, backtracking__checkpoint_every=2)
+    project.edit("base", "parameters_evaluation", evaluation__domain__steps=5, evaluation__domain__batch_size=4,
+                 evaluation__n_samples=8, evaluation__batch_size=8, evaluation__proxy_samples=8,
+                 evaluation__grid_samples=4)
+    project.run("distill")
+    root = project.path / "data/base"
+
+    _drop_newest_state(root, "teacher")
+    extra = tmp_path / "images" / "a" / "extra.png"
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(extra)  # other data, same settings
+    with pytest.raises(StateError, match=r"teacher pre-training: an unfinished training state .* data_sha256: "):
+        project.run("teacher")
+    extra.unlink()
+    project.run("teacher")  # the same data again: the state is resumed
+    state = torch.load(sorted((root / "09_training_state/teacher").glob("state-*.pt"))[-1], weights_only=True)
+    assert (state["resumed_from"], state["trained"]) == (2, 2)
+
+    _drop_newest_state(root, "degradation")
+    project.edit("base", "parameters_teacher", teacher__seed=1)  # another teacher for stage 1
+    with pytest.raises(StateError, match=r"stage 1 \(degradation recording\): an unfinished .* teacher_sha256: "):
+        project.run("distill")
+    project.edit("base", "parameters_teacher", teacher__seed=0)
+    project.run("distill")  # the first teacher again (trained afresh, the same weights): stage 1 resumes
+
+    _drop_newest_state(root, "backtracking")
+    project.edit("base", "parameters_degradation", degradation__spacing="iterations")  # another path for stage 2
+    with pytest.raises(StateError, match=r"stage 2 \(disback\): an unfinished .* path: "):
+        project.run("distill")
