@@ -95,6 +95,30 @@ def manifest_sha_mismatch(tmp_path):
     return lambda: load_path(folder).load_into(build_network(MLP), manifest["nodes"][1]["key"])
 
 
+def _manifest_entry(tmp_path, name):
+    folder = _path_folder(tmp_path / "path")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["nodes"][1]["file"] = name(tmp_path) if callable(name) else name
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def manifest_absolute_path(tmp_path):
+    folder = _manifest_entry(tmp_path, lambda t: str(t / "outputs" / "teacher.pt"))
+    return lambda: load_path(folder)
+
+
+def manifest_parent_path(tmp_path):
+    folder = _manifest_entry(tmp_path, "../outputs/teacher.pt")
+    return lambda: load_path(folder)
+
+
+def manifest_symlink_out(tmp_path):
+    folder = _manifest_entry(tmp_path, "linked.pt")
+    (folder / "linked.pt").symlink_to(tmp_path / "outputs" / "teacher.pt")
+    return lambda: load_path(folder)
+
+
 def params(**stages):
     return lambda tmp_path: lambda: validate_parameters(stages)
 
@@ -133,6 +157,11 @@ CASES = {
     "manifest names a missing node": (manifest_missing_node, r"manifest lists step_.*\.pt but the file is missing; "
                                                              r"re-run the degradation pipeline"),
     "node sha256 differs": (manifest_sha_mismatch, r"step_.*\.pt: sha256 differs from the manifest.*dvc checkout"),
+    "manifest entry with an absolute path": (manifest_absolute_path, r"entry '/.*teacher.pt' points outside .*path; "
+                                                                     r"a path's manifest may only name files in its "
+                                                                     r"own folder"),
+    "manifest entry with ..": (manifest_parent_path, r"entry '\.\./outputs/teacher.pt' points outside"),
+    "manifest entry a symlink out": (manifest_symlink_out, r"entry 'linked.pt' points outside"),
     "misspelt key": (params(backtracking={"fake_step": 5}),
                      r"unknown parameter backtracking.fake_step; did you mean backtracking.fake_steps\?"),
     "negative learning rate": (params(teacher={**TEACHER, "training": {"lr": -1e-3}}),

@@ -127,6 +127,29 @@ def _tiny_digits(project, budget: int, eval_every: int, **backtracking) -> None:
                  evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
 
 
+def _check_registered_student(client, root, metrics, gen):
+    """The student is a registered model whose predict draws the same samples as the generate command."""
+    import mlflow
+
+    from disback_pipeline.diffusion.state import weights_sha256
+
+    registered = json.loads((root / "08_reporting/registered_model.json").read_text())
+    assert registered["name"] == "digits-disback-di" and registered["version"] == 1
+    version = client.get_model_version("digits-disback-di", "1")
+    assert version.tags["method"] == "disback" and version.tags["loss"] == "di"
+    assert float(version.tags["fid"]) == pytest.approx(metrics["student"]["fid"], rel=1e-5)
+    teacher = load_checkpoint(root / "06_models/teacher.pt")
+    assert version.tags["teacher_sha256"] == weights_sha256(teacher.net)  # the hash the training states carry
+    model = mlflow.pyfunc.load_model("models:/digits-disback-di/1")
+    drawn = model.predict([{"n": 3, "seed": 5}])
+    assert drawn.shape == (3, 1, 8, 8)
+    (expected,) = draw(gen, [5, 6, 7])
+    np.testing.assert_array_equal(drawn, expected.numpy())
+    assert model.metadata.signature is not None  # inferred from predict's type hints
+    with pytest.raises(Exception, match="n"):  # checked against them: no samples for n = 0
+        model.predict([{"n": 0, "seed": 5}])
+
+
 @pytest.mark.slow
 def test_distill_kedro_run(project):
     _tiny_digits(project, budget=5, eval_every=5, backtracking__keep="best")  # one evaluation: the last is kept
@@ -184,18 +207,7 @@ def test_distill_kedro_run(project):
     assert run.data.metrics["headline/throughput_ratio"] == pytest.approx(metrics["throughput_ratio"])
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
-    # the student is a registered model whose predict draws the same samples as the generate command
-    registered = json.loads((root / "08_reporting/registered_model.json").read_text())
-    assert registered["name"] == "digits-disback-di" and registered["version"] == 1
-    version = client.get_model_version("digits-disback-di", "1")
-    assert version.tags["method"] == "disback" and version.tags["loss"] == "di"
-    assert float(version.tags["fid"]) == pytest.approx(metrics["student"]["fid"], rel=1e-5)
-    assert len(version.tags["teacher_sha256"]) == 64
-    model = mlflow.pyfunc.load_model("models:/digits-disback-di/1")
-    drawn = model.predict({"n": 3, "seed": 5})
-    assert drawn.shape == (3, 1, 8, 8)
-    (expected,) = draw(gen, [5, 6, 7])
-    np.testing.assert_array_equal(drawn, expected.numpy())
+    _check_registered_student(client, root, metrics, gen)
     for png in ("teacher_grid", "initial_generator_grid", "student_grid", "quality_curve", "switch_grids"):
         assert (root / f"08_reporting/{png}.png").stat().st_size > 1000
 

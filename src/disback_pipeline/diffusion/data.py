@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,18 @@ from torch.nn import functional as F
 from . import distributed
 
 log = logging.getLogger(__name__)
+
+
+def _sha256(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(str((part.dtype, tuple(part.shape))).encode())
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        elif part is not None:
+            h.update(str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 class DataSourceError(ValueError):
@@ -34,6 +48,14 @@ class DataSource:
     shape: tuple[int, ...] = ()
     num_classes: int = 0
     conditional: bool = False
+
+    def content_sha256(self) -> str:
+        """A hash of what the source holds (part of every training state's fingerprint: other data under the
+        same settings are never resumed onto)."""
+        return _sha256(self.name, *self._content())
+
+    def _content(self) -> tuple:
+        raise NotImplementedError
 
     @property
     def label_dim(self) -> int:
@@ -92,6 +114,9 @@ class GaussianMixture2D(DataSource):
         means = torch.cartesian_prod(ticks, ticks)
         return cls(means.numpy(), std, conditional)
 
+    def _content(self) -> tuple:
+        return self.means, torch.tensor([self.std, float(self.conditional)])
+
     def sample_with_components(self, n: int, generator=None):
         comp = torch.randint(len(self.means), (n,), generator=generator)
         x = self.means[comp] + self.std * torch.randn(n, 2, generator=generator)
@@ -129,6 +154,9 @@ class TensorImages(DataSource):
 
     def __len__(self):
         return len(self.images)
+
+    def _content(self) -> tuple:
+        return self.images, self.labels
 
     def raw(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images ``idx`` as stored (float here; uint8 for the streamed sets) and their integer labels."""
@@ -181,6 +209,13 @@ class ImageFolderImages(UInt8Images):
 
     def __len__(self):
         return len(self.files)
+
+    def _content(self) -> tuple:
+        """The file list with each file's size (not the pixels: reading every file would cost a pass over the
+        folder), the labels and the decoding settings."""
+        root = Path(os.path.commonpath([str(f) for f in self.files])) if len(self.files) > 1 else self.files[0].parent
+        listing = "\n".join(f"{f.relative_to(root)}\t{f.stat().st_size}" for f in self.files)
+        return listing, f"{self.mode} {self.resolution}", self.labels
 
     def decode(self, i: int) -> torch.Tensor:
         """File ``i`` as a uint8 (C, H, W) tensor."""

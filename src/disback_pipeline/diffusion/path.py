@@ -159,6 +159,23 @@ def save_path(path: DegradationPath, folder: str | Path) -> None:
         raise
 
 
+def _inside(folder: Path, name: str, manifest_file: Path) -> Path:
+    """The file a manifest entry names, refused unless it lies inside ``folder`` (no absolute path, no ``..``, no
+    symlink that leads out): a path folder from elsewhere must not make the run read other files."""
+    file = folder / name
+    outside = Path(name).is_absolute() or ".." in Path(name).parts
+    if not outside:
+        try:
+            file.resolve().relative_to(folder.resolve())
+        except ValueError:
+            outside = True
+    if outside:
+        raise CheckpointError(f"{manifest_file}: entry {name!r} points outside {folder}; a path's manifest may only "
+                              "name files in its own folder. Re-run the degradation pipeline (or `dvc checkout`) "
+                              "to restore the path")
+    return file
+
+
 def load_path(folder: str | Path) -> DegradationPath:
     """Read the manifest; node weights stay on disk until :meth:`load_into`."""
     folder = Path(folder)
@@ -171,7 +188,7 @@ def load_path(folder: str | Path) -> DegradationPath:
     manifest = json.loads(manifest_file.read_text())
     nodes = []
     for e in manifest["nodes"]:
-        file = folder / e["file"]
+        file = _inside(folder, e["file"], manifest_file)
         if not file.is_file():
             raise CheckpointError(f"{folder}: manifest lists {e['file']} but the file is missing; re-run the "
                                   "degradation pipeline (or `dvc checkout`) to restore the path")

@@ -95,8 +95,8 @@ def run_distillation(teacher_model: Checkpoint, degradation_path: DegradationPat
 
     path = degradation_path if enabled else None
     store = state_store(checkpointing, state_folder, f"stage 2 ({cfg.method})", cfg.checkpoint_every, data=data,
-                        backtracking=backtracking, evaluation={k: evaluation.get(k) for k in
-                                                              ("proxy_samples", "grid_samples", "seed")},
+                        data_sha256=source.content_sha256(), backtracking=backtracking,
+                        evaluation={k: evaluation.get(k) for k in ("proxy_samples", "grid_samples", "seed")},
                         teacher_sha256=weights_sha256(teacher_model.net), path=path_digest(path),
                         reference=str(reference_stats.get("hash")))
     ranks = from_dict(DistributedConfig, distributed or {}, "distributed")

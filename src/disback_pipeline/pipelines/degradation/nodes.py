@@ -38,14 +38,15 @@ def record_degradation_path(teacher_model: Checkpoint, data: dict[str, Any], deg
             pd.DataFrame(columns=HISTORY_COLUMNS)
     metrics = MetricBuffer(prefix="degradation/")
     cfg = from_dict(DegradationConfig, degradation, "degradation")
+    source = make_data_source(data)
     store = state_store(checkpointing, state_folder, "stage 1 (degradation recording)", cfg.checkpoint_every,
-                        data=data, degradation=degradation, s_init=stage2.s_init,
-                        teacher_sha256=weights_sha256(teacher_model.net))
+                        data=data, data_sha256=source.content_sha256(), degradation=degradation,
+                        s_init=stage2.s_init, teacher_sha256=weights_sha256(teacher_model.net))
     ranks = from_dict(DistributedConfig, distributed or {}, "distributed")
     def on_record(rec):
         metrics.log(rec["iteration"], {"dsm_loss": rec["loss_fake_score"]})
 
-    path, history = ranks_run(record_degradation, teacher_model, make_data_source(data), cfg, stage2.s_init,
+    path, history = ranks_run(record_degradation, teacher_model, source, cfg, stage2.s_init,
                               on_record=on_record if ranks.nproc == 1 else None, store=store,
                               nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
     for rec in history if ranks.nproc > 1 else ():  # rank 0's history, logged here

@@ -10,6 +10,7 @@ import pandas as pd
 from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.config import DistillConfig, EvaluationConfig, TeacherConfig, from_dict
 from ...diffusion.data import make_data_source
+from ...diffusion.state import weights_sha256
 from ...diffusion.teacher import check_teacher_fits
 from ...evaluation.quality import FeatureSpec, teacher_vs_student
 from ...reporting import curves_figure, samples_figure
@@ -78,18 +79,7 @@ def register_student(student_model, metrics: dict, teacher_model: Checkpoint, da
     head = metrics["headline_metric"]
     name = f"{data.get('source')}-{cfg.method}-{cfg.loss}"
     tags = {head: f"{metrics['student'][head]:.6g}", f"teacher_{head}": f"{metrics['teacher'][head]:.6g}",
-            "loss": cfg.loss, "method": cfg.method, "teacher_sha256": state_sha256(teacher_model.net)}
+            "loss": cfg.loss, "method": cfg.method, "teacher_sha256": weights_sha256(teacher_model.net)}
     registered = register_logged_model(name, tags)
     log.info("registered %s version %d (%s)", name, registered["version"], tags)
     return registered
-
-
-def state_sha256(net) -> str:
-    """A hash of a network's weights (names and values), independent of the file it came from."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key, value in net.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -38,15 +38,17 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any], checkpo
         log.info("loaded teacher from %s (%s)", cfg.checkpoint_path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
     metrics = MetricBuffer(prefix="teacher/")
+    source = make_data_source(data)
     store = state_store(checkpointing, "teacher", "teacher pre-training", cfg.training.checkpoint_every, data=data,
-                        network=cfg.network, training=dataclasses.asdict(cfg.training), seed=cfg.seed, bf16=cfg.bf16)
+                        data_sha256=source.content_sha256(), network=cfg.network,
+                        training=dataclasses.asdict(cfg.training), seed=cfg.seed, bf16=cfg.bf16)
     ranks = from_dict(DistributedConfig, distributed or {}, "distributed")
     def on_step(step, rec):
         metrics.log(step, {"loss": rec["loss"]})
 
     # with several ranks the history comes back with rank 0's result and is logged here (a callback that
     # writes to this process cannot travel to the ranks)
-    ckpt, history = ranks_run(pretrain_teacher, make_data_source(data), cfg.network, cfg.training, cfg.seed,
+    ckpt, history = ranks_run(pretrain_teacher, source, cfg.network, cfg.training, cfg.seed,
                               cfg.device, cfg.bf16, on_step=on_step if ranks.nproc == 1 else None, store=store,
                               nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
     for rec in history if ranks.nproc > 1 else ():
