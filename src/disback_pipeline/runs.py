@@ -40,28 +40,50 @@ def metric_curves(tracking_uri: str, run_ids: dict[str, str], metric: str) -> pd
 
 
 def latest_comparison(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "disback_pipeline") -> dict:
-    """Run ids of the newest compare run's two arms, keyed 'baseline' and 'disback'."""
-    runs = list_runs(tracking_uri, experiment)
-    arms = runs[runs["parent_run_id"].notna()]
-    if arms.empty:
-        raise ValueError("no compare runs in the store; run `kedro run --pipelines=compare` first")
-    newest_parent = arms.iloc[-1]["parent_run_id"]
-    latest = arms[arms["parent_run_id"] == newest_parent]
+    """Run ids of the newest compare run's arms, keyed 'baseline' and 'disback' (an arm that never started is
+    absent; :func:`comparison_note` says what is missing or unfinished)."""
+    latest = _latest_arms(list_runs(tracking_uri, experiment))
     return {name.split("-")[0]: rid for name, rid in zip(latest["run_name"], latest["run_id"])}
 
 
+def _latest_arms(runs: pd.DataFrame) -> pd.DataFrame:
+    arms = runs[runs["parent_run_id"].notna()] if "parent_run_id" in runs else runs.iloc[:0]
+    if arms.empty:
+        raise ValueError("no compare runs in the store; run `kedro run --pipelines=compare` first")
+    return arms[arms["parent_run_id"] == arms.iloc[-1]["parent_run_id"]]
+
+
+def comparison_note(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "disback_pipeline") -> str | None:
+    """None when the newest comparison finished with both arms; otherwise what is unfinished or missing, and
+    how to finish it (the same command continues a killed comparison)."""
+    runs = list_runs(tracking_uri, experiment)
+    latest = _latest_arms(runs)
+    parent = runs[runs["run_id"] == latest.iloc[0]["parent_run_id"]]
+    status = {name.split("-")[0]: st for name, st in zip(latest["run_name"], latest["status"])}
+    problems = [f"its {arm} arm is {status[arm]}" for arm in ("baseline", "disback")
+                if arm in status and status[arm] != "FINISHED"]
+    problems += [f"its {arm} arm never started" for arm in ("baseline", "disback") if arm not in status]
+    if not parent.empty and parent.iloc[0]["status"] != "FINISHED":
+        problems.insert(0, f"the run ended {parent.iloc[0]['status']}")
+    if not problems:
+        return None
+    return (f"The newest comparison ({latest.iloc[0]['parent_run_id']}) is not complete: {'; '.join(problems)}. "
+            "The curves below stop where its arms stopped; run the same `kedro run --pipelines=compare` command "
+            "again to continue it.")
+
+
 def plot_comparison(curves: pd.DataFrame, metric: str):
-    """Lines of ``metric`` vs step, one per label."""
-    import matplotlib
+    """Lines of ``metric`` vs step, one per label (a matplotlib Figure of its own: no pyplot state, any
+    backend, shown inline by a notebook)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for label, frame in curves.groupby("label"):
-        ax.plot(frame["step"], frame["value"], marker="o", ms=3, label=label)
+        ax.plot(frame["step"], frame["value"], marker="o", ms=3, label=f"{label} ({len(frame)} evaluations)")
     ax.set_xlabel("generator iteration")
     ax.set_ylabel(metric)
+    ax.set_title(f"{metric} of the newest comparison's arms")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.grid(alpha=0.3)
     ax.legend()

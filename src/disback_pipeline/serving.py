@@ -1,12 +1,13 @@
-"""The distilled student as an MLflow model: ``predict({"n", "seed", "class"})`` returns samples.
+"""The distilled student as an MLflow model: ``predict([{"n", "seed", "class"}])`` returns samples.
 
 Logged by the evaluation stage through kedro-mlflow's model dataset (``student_model`` in the
 catalog) and registered under ``<data>-<method>-<loss>`` with the run's headline quality, the loss,
-the method and the teacher's hash as version tags. Load a version from Python:
+the method and the teacher's hash as version tags. ``predict`` is typed (a list of :class:`Request`), so
+MLflow infers the model's signature and checks every request against it. Load a version from Python:
 
     import mlflow
     model = mlflow.pyfunc.load_model("models:/digits-disback-di/latest")
-    images = model.predict({"n": 16, "seed": 0})          # (16, 1, 8, 8) float32 in [-1, 1]
+    images = model.predict([{"n": 16, "seed": 0}])        # (16, 1, 8, 8) float32 in [-1, 1]
 """
 
 from __future__ import annotations
@@ -15,42 +16,39 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pydantic
 
 
-def _request(model_input: Any) -> dict:
-    """{n, seed, class} from a dict, a one-row DataFrame or a list holding one dict."""
-    if hasattr(model_input, "to_dict"):  # a DataFrame, as `mlflow models predict` passes it
-        rows = model_input.to_dict(orient="records")
-        model_input = rows[0] if rows else {}
-    elif isinstance(model_input, list):
-        model_input = model_input[0] if model_input else {}
-    request = dict(model_input)
-    unknown = set(request) - {"n", "seed", "class"}
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)}; predict takes {{n, seed, class}}")
-    cls = request.get("class")
-    cls = None if cls is None or (isinstance(cls, float) and np.isnan(cls)) else int(cls)
-    return {"n": int(request.get("n", 1)), "seed": int(request.get("seed", 0)), "class": cls}
+class Request(pydantic.BaseModel):
+    """One request: ``n`` samples from seeds ``seed`` ... ``seed + n - 1``, of class ``class`` (conditional
+    models; absent = each seed draws its class)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+
+    n: int = pydantic.Field(1, ge=1)
+    seed: int = pydantic.Field(0, ge=0)
+    class_label: int | None = pydantic.Field(None, alias="class", ge=0)
 
 
 class StudentModel(mlflow.pyfunc.PythonModel):
     """One-step samples of a distilled generator; sample i comes from seed ``seed + i`` alone (as the
-    generate command draws it)."""
+    generate command draws it). Several requests give their samples one after the other."""
 
     def load_context(self, context) -> None:
         from .diffusion.checkpoint import load_checkpoint
 
         self.checkpoint = load_checkpoint(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: list[Request], params: dict[str, Any] | None = None) -> np.ndarray:
         from .evaluation.samples import check_class, draw
 
-        request = _request(model_input)
-        if request["n"] < 1:
-            raise ValueError(f"n must be >= 1, got {request['n']}")
-        check_class(self.checkpoint, request["class"])
-        seeds = list(range(request["seed"], request["seed"] + request["n"]))
-        return np.concatenate([x.numpy() for x in draw(self.checkpoint, seeds, 256, request["class"])])
+        out = []
+        for request in model_input:
+            request = request if isinstance(request, Request) else Request.model_validate(request)
+            check_class(self.checkpoint, request.class_label)
+            seeds = list(range(request.seed, request.seed + request.n))
+            out += [x.numpy() for x in draw(self.checkpoint, seeds, 256, request.class_label)]
+        return np.concatenate(out)
 
 
 def register_logged_model(name: str, tags: dict[str, str]):
