@@ -146,6 +146,8 @@ def _check_registered_student(client, root, metrics, gen):
     (expected,) = draw(gen, [5, 6, 7])
     np.testing.assert_array_equal(drawn, expected.numpy())
     assert model.metadata.signature is not None  # inferred from predict's type hints
+    flavor = model.metadata.flavors["python_function"]
+    assert flavor.get("model_code_path", "").endswith("student_model.py") and "python_model" not in flavor, flavor
     with pytest.raises(Exception, match="n"):  # checked against them: no samples for n = 0
         model.predict([{"n": 0, "seed": 5}])
 

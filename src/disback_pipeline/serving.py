@@ -12,8 +12,6 @@ MLflow infers the model's signature and checks every request against it. Load a 
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow
 import numpy as np
 import pydantic
@@ -39,7 +37,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
 
         self.checkpoint = load_checkpoint(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input: list[Request], params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input: list[Request], params=None) -> np.ndarray:
         from .evaluation.samples import check_class, draw
 
         out = []

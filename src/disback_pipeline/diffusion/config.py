@@ -1,8 +1,8 @@
 """Typed configuration: one frozen dataclass per stage, built once from the parameters dict.
 
 Each field has its unit in a comment and the single default; conf/base repeats exactly these
-values (tests/test_config.py fails when the two disagree), and environments override them. :func:`from_dict` refuses unknown keys,
-naming the nearest valid one, and wrong types; each class's ``__post_init__``
+values (tests/test_config.py fails when the two disagree), and environments override them.
+:func:`from_dict` refuses unknown keys, naming the nearest valid one, and wrong types; each class's ``__post_init__``
 checks ranges and choices, naming the field.
 """
 

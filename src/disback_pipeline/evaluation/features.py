@@ -121,8 +121,8 @@ def inception_extractor(path: str | Path | None, mode: str = "clean", device: st
     if file is None or not file.is_file():
         raise FileNotFoundError(
             f"Inception weights not found at {file}. Download {INCEPTION_FILE} on a machine with network "
-            "access (clean-fid's published file, or run `python -c \"from cleanfid import fid\"` there and copy it from "
-            "/tmp), put it on this machine and set evaluation.inception_path to the file; or use extractor: "
+            "access (clean-fid's published file, or run `python -c \"from cleanfid import fid\"` there and copy it "
+            "from /tmp), put it on this machine and set evaluation.inception_path to the file; or use extractor: "
             "domain, which needs no download."
         )
     from cleanfid.inception_torchscript import InceptionV3W

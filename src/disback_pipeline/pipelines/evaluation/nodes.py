@@ -55,14 +55,14 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     return (metrics, *figs, curve)
 
 
-def package_student(generator_ema_model: Checkpoint):
-    """The EMA student as an MLflow pyfunc model; the ``student_model`` dataset logs it with the
-    checkpoint file as its artifact (predict takes {n, seed, class})."""
-    from ...serving import StudentModel
+def package_student(generator_ema_model: Checkpoint) -> str:
+    """The EMA student as an MLflow pyfunc model, defined as code (the file that ``student_model`` logs, with the
+    checkpoint file as its artifact; predict takes [{n, seed, class}])."""
+    from importlib.util import find_spec
 
     log.info("packaging the %s student (%d iterations) as an MLflow model", generator_ema_model.metadata.get("method"),
              generator_ema_model.metadata.get("step", 0))
-    return StudentModel()
+    return find_spec("disback_pipeline.student_model").origin  # the file, not run here
 
 
 def register_student(student_model, metrics: dict, teacher_model: Checkpoint, data: dict[str, Any],
