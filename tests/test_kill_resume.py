@@ -28,12 +28,12 @@ OUT = Path("data") / ENV
 STATES = OUT / "09_training_state"
 SMALL = {  # toy2d with every stage small, and a training state every 10 iterations
     "parameters_teacher": {"teacher": {"network": {"mlp": {"width": 64, "num_blocks": 2, "emb_dim": 32}},
-                                       "training": {"steps": 500, "batch_size": 128, "warmup_steps": 20,
+                                       "training": {"steps": 200, "batch_size": 128, "warmup_steps": 20,
                                                     "log_every": 0, "checkpoint_every": 10},
                                        "sampler": {"num_samples": 500, "nfe": 9}}},
-    "parameters_degradation": {"degradation": {"k1": 300, "candidates": 12, "probe_size": 128, "batch_size": 64,
+    "parameters_degradation": {"degradation": {"k1": 120, "candidates": 12, "probe_size": 128, "batch_size": 64,
                                                "checkpoint_every": 10}},
-    "parameters_backtracking": {"backtracking": {"budget": 300, "k2": 25, "batch_size": 64, "eval_every": 50,
+    "parameters_backtracking": {"backtracking": {"budget": 120, "k2": 10, "batch_size": 64, "eval_every": 40,
                                                  "log_every": 0, "checkpoint_every": 10}},
     "parameters_evaluation": {"evaluation": {"reference_samples": 1000, "n_samples": 1000, "batch_size": 1000,
                                              "proxy_samples": 200, "grid_samples": 200}},
@@ -81,7 +81,7 @@ def _run_and_stop(repo: Path, env: dict, folder: str, after: int, sig=signal.SIG
     return proc.returncode, err, newest["iteration"]
 
 
-TOTALS = {"teacher": 500, "degradation": 300, "backtracking": 300}
+TOTALS = {"teacher": 200, "degradation": 120, "backtracking": 120}
 
 
 def _trained(repo: Path) -> dict[str, tuple[int, int]]:
@@ -139,7 +139,7 @@ def _runs(repo: Path, env: dict):
     return client, client.search_runs([exp.experiment_id])
 
 
-@pytest.mark.parametrize("folder, after", [("teacher", 100), ("degradation", 60), ("backtracking", 60)],
+@pytest.mark.parametrize("folder, after", [("teacher", 60), ("degradation", 40), ("backtracking", 40)],
                          ids=["teacher", "stage1", "stage2"])
 def test_sigkill_then_same_command_ends_as_the_uninterrupted_run(tmp_path, uninterrupted, folder, after):
     repo = tmp_path / "project"
@@ -156,7 +156,9 @@ def test_sigkill_then_same_command_ends_as_the_uninterrupted_run(tmp_path, unint
     client, runs = _runs(repo, env)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was continued, not replaced
     run_id = runs[0].info.run_id
-    for metric, n in (("teacher/loss", 500), ("degradation/dsm_loss", 300), ("backtracking/loss_generator", 300)):
+    for metric, stage in (("teacher/loss", "teacher"), ("degradation/dsm_loss", "degradation"),
+                          ("backtracking/loss_generator", "backtracking")):
+        n = TOTALS[stage]
         steps = [m.step for m in client.get_metric_history(run_id, metric)]
         assert sorted(steps) == list(range(1, n + 1)), metric  # every step once
     assert not (repo / STATES / "mlflow_run.json").exists()
@@ -180,7 +182,7 @@ def test_sigterm_ends_compare_runs_killed_and_the_same_command_continues_them(tm
     assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent[0].info.run_id]
     arm = [r for r in runs if r.info.run_name.startswith("disback-")][0]
     steps = [m.step for m in client.get_metric_history(arm.info.run_id, "compare/loss_generator")]
-    assert sorted(steps) == list(range(1, 301))
+    assert sorted(steps) == list(range(1, TOTALS["backtracking"] + 1))
 
 
 def test_ctrl_c_ends_the_run_killed(tmp_path):

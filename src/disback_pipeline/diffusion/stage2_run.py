@@ -70,7 +70,7 @@ def rank_callbacks(callbacks: Callbacks | None, cfg: DistillConfig) -> Callbacks
 
 
 def switch_target(nets: Nets, path: DegradationPath | None, cfg: DistillConfig, run: Run, it: int,  # noqa: PLR0913
-            switch: tuple[str, str], on_switch) -> torch.nn.Module:
+                  switch: tuple[str, str], on_switch) -> torch.nn.Module:
     """A change of target at iteration ``it``: ``switch`` is (new target, reason); returns the target network."""
     run.key, target = switch[0], target_net(nets, path, switch[0])
     if cfg.reset_optimizer and switch[1] != "start":
@@ -83,6 +83,7 @@ def switch_target(nets: Nets, path: DegradationPath | None, cfg: DistillConfig, 
 
 
 def target_net(nets: Nets, path: DegradationPath | None, key: str) -> torch.nn.Module:
+    """The network that is target ``key``: the teacher, or the scratch copy loaded with that path node."""
     if key == TEACHER:
         return nets.teacher
     path.load_into(nets.scratch, key)

@@ -17,12 +17,14 @@ def create_pipeline(**kwargs) -> Pipeline:
              ["generator_ema_model", "history", "switch_grids_plot"], name="run_method"),
     ])
     arms = [
-        pipeline(template, namespace=arm, inputs=set(SHARED_INPUTS),
+        pipeline(template, namespace=arm, inputs=set(SHARED_INPUTS), outputs={"history": f"{arm}_history"},
                  parameters={**{p: p for p in SHARED_PARAMS}, "params:method": f"params:compare.{arm}"})
         for arm in ("baseline", "disback")
     ]
     report = Pipeline([
-        Node(convergence_report, ["baseline.history", "disback.history", "params:data"],
+        # the arms' histories leave their namespaces under plain names: a node outside a namespace reads no
+        # dotted dataset
+        Node(convergence_report, ["baseline_history", "disback_history", "params:data"],
              ["convergence", "convergence_plot", "convergence_table"], name="convergence_report"),
     ])
     return teacher() + reference() + sum(arms, Pipeline([])) + report
