@@ -181,9 +181,19 @@ def test_kedro_run_on_two_ranks_equals_one_process(project):
         return {name: torch.load(models / name, weights_only=True)["state_dict"]
                 for name in ("teacher.pt", "generator.pt", "generator_ema.pt")}
 
+    def trained():
+        """Per stage, from its finished state: (the iteration its run resumed after, the iterations it trained)."""
+        states = project.path / "data/toy2d/09_training_state"
+        newest = {stage: torch.load(sorted((states / stage).glob("state-*.pt"))[-1], weights_only=True)
+                  for stage in ("teacher", "degradation", "backtracking")}
+        return {stage: (s["resumed_from"], s["trained"]) for stage, s in newest.items() if s["complete"]}
+
+    totals = {"teacher": (0, 30), "degradation": (0, 12), "backtracking": (0, 12)}
+
     project.edit("toy2d", "parameters_distributed", distributed__nproc=2)
     project.run("distill", env="toy2d")
     two = weights()
+    assert trained() == totals  # every stage trained in full, on the ranks
     run = mlflow.search_runs(experiment_names=None, search_all_experiments=True, output_format="list")[0]
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "teacher/loss")
     assert [m.step for m in history] == list(range(1, 31))  # rank 0's history, logged by the node
@@ -197,6 +207,7 @@ def test_kedro_run_on_two_ranks_equals_one_process(project):
     project.edit("toy2d", "parameters_backtracking", backtracking__batch_size=64)
     project.run("distill", env="toy2d")  # the changed batches retrain every stage (finished states superseded)
     one = weights()
+    assert trained() == totals  # ... and again in one process: nothing was reused from the 2-rank run
     for name in one:
         assert max_diff(one[name], two[name]) < TOL, name
     metrics_one = json.loads((project.path / "data/toy2d/08_reporting/metrics.json").read_text())
