@@ -95,8 +95,11 @@ def standard_layout(x: torch.Tensor) -> torch.Tensor:
     convolution kernels read the strides to pick a memory format: grey images permuted from NHWC (stride 1 on
     the channel) run as channels-last and round differently. Features of the same images must not depend on
     where they came from, so every extractor's input goes through here."""
-    standard = torch.empty(x.shape, dtype=x.dtype).stride() if x.dim() else ()
-    return x if x.stride() == standard else x.clone(memory_format=torch.contiguous_format)
+    standard, step = [], 1
+    for size in reversed(x.shape):  # a fresh tensor's strides, computed rather than allocated
+        standard.insert(0, step)
+        step *= size
+    return x if x.stride() == tuple(standard) else x.clone(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
