@@ -134,8 +134,8 @@ def setup(name: str, args) -> dict:
         x, _ = source.sample(10000, torch.Generator().manual_seed(1000))
         reference = reference_statistics(features.extract(x))
         metric = "reverse_kl"
-    n_eval = args.proxy_samples or int(p["evaluation"]["proxy_samples"])
-    x_t, tps_t = sample_teacher(teacher.net, source, n_eval, 0, from_dict(SamplerConfig, p["teacher"]["sampler"]))
+    n_eval = args.proxy_samples or int(p["backtracking"]["proxy_samples"])
+    x_t, tps_t = sample_teacher(teacher.net, source, n_eval, 0, from_dict(SamplerConfig, p["shared"]["sampler"]))
     teacher_quality = quality(x_t, source, features, reference)[metric]
     return {"params": p, "source": source, "teacher": teacher, "teacher_s": teacher_s, "features": features,
             "reference": reference, "metric": metric, "n_eval": n_eval, "teacher_quality": teacher_quality,
@@ -149,7 +149,8 @@ def run_one(ctx: dict, loss: str, seed: int, enabled: bool, args, overrides: dic
     ``extra_metrics`` (e.g. off_mode_mass) are recorded beside ``quality`` at every evaluation."""
     p, source = ctx["params"], ctx["source"]
     overrides = overrides or {}
-    settings = {**p["backtracking"], "loss": loss, "seed": seed, "enabled": enabled, "device": device,
+    settings = {**p["backtracking"], "s_init": p["shared"]["s_init"], "loss": loss, "seed": seed,
+                "enabled": enabled, "device": device,
                 "log_every": 0, "eval_every": args.eval_every or p["backtracking"]["eval_every"],
                 "record_every": 10 ** 9}
     if args.budget:
@@ -253,7 +254,7 @@ def add_run_options(ap: argparse.ArgumentParser, teacher_cache: str) -> None:
     """The options that :func:`setup` and :func:`run_one` read (shared with longrun.py)."""
     ap.add_argument("--budget", type=int, default=0, help="override backtracking.budget (0 = env value)")
     ap.add_argument("--eval-every", type=int, default=0, help="override backtracking.eval_every (0 = env value)")
-    ap.add_argument("--proxy-samples", type=int, default=0, help="override evaluation.proxy_samples (0 = env value)")
+    ap.add_argument("--proxy-samples", type=int, default=0, help="override backtracking.proxy_samples (0 = env value)")
     ap.add_argument("--teacher-steps", type=int, default=0, help="override teacher.training.steps (smoke runs)")
     ap.add_argument("--teacher-cache", default=teacher_cache, help="folder to keep/reuse each data set's teacher")
     ap.add_argument("--set", action="append", default=[], help="stage.key=value on top of conf for every run")
@@ -313,7 +314,7 @@ def main(argv=None) -> int:
             s = summarise(curves, ctx, name, loss, levels)
             # one-step throughput vs the teacher, same batch, same process
             x, tps_student = sample_generator(ctx["teacher"].net, ctx["source"], ctx["n_eval"], 0,
-                                              float(ctx["params"]["backtracking"]["s_init"]), batch_size=ctx["n_eval"])
+                                              float(ctx["params"]["shared"]["s_init"]), batch_size=ctx["n_eval"])
             s["throughput_ratio"] = tps_student / ctx["teacher_samples_per_s"]
             results.setdefault(name, {})[loss] = s
             settings[name] = describe(name, ctx, args)
@@ -326,12 +327,12 @@ def main(argv=None) -> int:
 def describe(name: str, ctx: dict, args) -> str:
     p = ctx["params"]
     return (f"{name}: teacher trained in {ctx['teacher_s']:.0f} s (teacher {ctx['metric']} "
-            f"{ctx['teacher_quality']:.4g} at NFE {p['teacher']['sampler']['nfe']}); settings from conf "
+            f"{ctx['teacher_quality']:.4g} at NFE {p['shared']['sampler']['nfe']}); settings from conf "
             f"(`{DATASETS[name][0]}` env): budget {args.budget or p['backtracking']['budget']}, "
             f"K2 {p['backtracking']['k2']}, N {p['degradation']['n_nodes']}, K1 {p['degradation']['k1']}, "
             f"spacing {p['degradation']['spacing']}, lr {p['backtracking']['lr_generator']}, "
             f"batch {p['backtracking']['batch_size']}, r {p['backtracking']['fake_steps']}, "
-            f"s_init {p['backtracking']['s_init']}, eval every {args.eval_every or p['backtracking']['eval_every']} "
+            f"s_init {p['shared']['s_init']}, eval every {args.eval_every or p['backtracking']['eval_every']} "
             f"iterations on {ctx['n_eval']} samples.")
 
 

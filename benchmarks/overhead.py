@@ -42,8 +42,8 @@ def main(argv=None) -> int:
             context = session.load_context()
             catalog = context.catalog
             params = context.config_loader["parameters"]
-        inputs = [catalog.load(n) for n in ("teacher_model", "degradation_path", "degradation_history",
-                                            "feature_extractor", "reference_stats")]
+        inputs = [catalog.load(n) for n in ("teacher_model", "degradation_path", "feature_extractor",
+                                            "reference_stats")]
         from disback_pipeline.pipelines.backtracking.nodes import distill_generator
 
         kedro_s, plain_s = [], []
@@ -53,7 +53,8 @@ def main(argv=None) -> int:
                 session.run(pipeline_names=["backtracking"])
             kedro_s.append(time.perf_counter() - t)
             t = time.perf_counter()
-            distill_generator(*inputs, params["data"], params["backtracking"], params["evaluation"])
+            distill_generator(*inputs, params["data"], params["backtracking"], params["shared"],
+                              {**params["checkpointing"], "resume": "never"})
             plain_s.append(time.perf_counter() - t)
     out = {"env": args.env, "repeats": args.repeats, "kedro_mlflow_median_s": statistics.median(kedro_s),
            "plain_median_s": statistics.median(plain_s),

@@ -71,12 +71,12 @@ def evaluation_rows(p: dict, source, teacher_net, repeats: int) -> list[tuple]:
     """The evaluation's own compute: the teacher's Heun samples (final metrics and the report) and, for
     extractor = domain, the classifier behind domain-FID."""
     rows = []
-    sampler = p["teacher"]["sampler"]
+    sampler = p["shared"]["sampler"]
     nb = 256
     noise = torch.randn(nb, *source.shape)
     sample_labels = source.sample(nb)[1]
     teacher_eval = copy.deepcopy(teacher_net).eval()
-    n_draw = int(p["evaluation"]["n_samples"]) + int(sampler["num_samples"])
+    n_draw = int(p["evaluation"]["n_samples"]) + int(p["teacher"]["report"]["num_samples"])
 
     def heun(net=teacher_eval):
         with torch.no_grad():
@@ -128,7 +128,8 @@ def main(argv=None) -> int:
 
     teacher = Checkpoint(teacher_net, {}, {})
     for loss in ("di", "sid"):
-        cfg = from_dict(DistillConfig, {**p["backtracking"], "loss": loss, "device": "cpu"}, "backtracking")
+        cfg = from_dict(DistillConfig, {**p["backtracking"], "s_init": p["shared"]["s_init"], "loss": loss,
+                                         "device": "cpu"}, "backtracking")
         nets = _build_nets(teacher, source, None, cfg, dev)
         fake_loss, gen_loss = EDMLoss(), cfg.generator_loss()
 

@@ -65,7 +65,7 @@ def run(args) -> dict:
     features, reference = domain_features(source, p, cache)
     n = int(p["evaluation"]["n_samples"])
     x, _ = sample_teacher(teacher.net, source, n, int(p["evaluation"]["seed"]),
-                          from_dict(SamplerConfig, p["teacher"]["sampler"]))
+                          from_dict(SamplerConfig, p["shared"]["sampler"]))
     fid = float(quality(x, source, features, reference)["fid"])
     steps = int(training["steps"])
     return {"settings": {**training_set, **unet_set}, "steps": steps, "batch_size": int(training["batch_size"]),

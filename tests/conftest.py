@@ -27,16 +27,18 @@ class ProjectCopy:
         self.path = path
 
     def edit(self, env: str, name: str, **updates) -> None:
-        """Set dotted keys (``teacher__training__steps=5``) in conf/<env>/<name>.yml."""
-        file = self.path / "conf" / env / f"{name}.yml"
-        cfg = yaml.safe_load(file.read_text()) if file.exists() else {}
+        """Set dotted keys (``teacher__training__steps=5``) in conf/<env>/<name>.yml; a parameters key goes to the
+        file of its block (``shared__s_init`` to parameters_shared.yml: a block lives in one file an environment)."""
         for dotted, value in updates.items():
             keys = dotted.split("__")
+            file = self.path / "conf" / env / (f"parameters_{keys[0]}.yml" if name.startswith("parameters_")
+                                              else f"{name}.yml")
+            cfg = (yaml.safe_load(file.read_text()) if file.exists() else None) or {}
             node = cfg
             for k in keys[:-1]:
                 node = node.setdefault(k, {})
             node[keys[-1]] = value
-        file.write_text(yaml.safe_dump(cfg))
+            file.write_text(yaml.safe_dump(cfg))
 
     def run(self, pipeline: str, env: str = "base"):
         from kedro.framework.project import configure_project

@@ -15,13 +15,14 @@ from PIL import Image
 
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from disback_pipeline.diffusion.config import DegradationConfig, validate_parameters
+from disback_pipeline.diffusion.config import DegradationConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_image_folder
 from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.path import load_path, save_path
 from disback_pipeline.diffusion.teacher import load_teacher
 from disback_pipeline.evaluation.features import inception_extractor
 from disback_pipeline.evaluation.quality import FeatureSpec
+from disback_pipeline.parameters import build
 from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 
 MLP = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8}
@@ -120,7 +121,7 @@ def manifest_symlink_out(tmp_path):
 
 
 def params(**stages):
-    return lambda tmp_path: lambda: validate_parameters(stages)
+    return lambda tmp_path: lambda: build(stages)
 
 
 def empty_folder(tmp_path):
@@ -168,8 +169,10 @@ CASES = {
                                r"teacher.training.lr must be > 0, got -0.001"),
     "K1 < N": (params(degradation={"k1": 3, "n_nodes": 4}), r"degradation.k1 \(K1, .*\) must be >= n_nodes = 4"),
     "budget 0": (params(backtracking={"budget": 0}), r"backtracking.budget must be >= 1, got 0"),
-    "even Heun NFE": (params(teacher={**TEACHER, "sampler": {"nfe": 34}}),
-                      r"teacher.sampler.nfe must be a positive odd integer \(2 \* steps - 1\), got 34"),
+    "even Heun NFE": (params(shared={"sampler": {"nfe": 34}}),
+                      r"shared.sampler.nfe must be a positive odd integer \(2 \* steps - 1\), got 34"),
+    "a key of another block": (params(backtracking={"s_init": 1.0}),
+                               r"backtracking.s_init is not a backtracking setting: set shared.s_init"),
     "batch size 0": (params(backtracking={"batch_size": 0}), r"backtracking.batch_size must be >= 1, got 0"),
     "float where an integer goes": (params(degradation={"n_nodes": 2.7}), r"degradation.n_nodes must be an integer"),
     "resume value": (params(checkpointing={"resume": "yes"}), r"checkpointing.resume must be one of auto \| never"),
@@ -238,7 +241,7 @@ def test_a_corrupt_teacher_file_or_a_misspelt_key_stops_the_run_and_keeps_the_ou
     from .conftest import TINY_UNET
 
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=3,
-                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__training__batch_size=8, teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.run("teacher")
     outputs = snapshot(project.path / "data/base")
     assert any(p.name == "teacher.pt" for p in outputs) and any(p.suffix == ".png" for p in outputs)

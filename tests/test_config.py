@@ -5,20 +5,22 @@ import dataclasses
 import pytest
 
 from disback_pipeline.diffusion.config import (
-    STAGES,
     ConfigError,
     DegradationConfig,
     DistillConfig,
+    SharedConfig,
     from_dict,
     soft_merge,
-    validate_parameters,
 )
+from disback_pipeline.parameters import BLOCKS, ELSEWHERE, Data, build, distill_config, typed
+
+
 
 # one misspelt key per stage, with the name the error must suggest
 MISSPELT = {"data": ("num_mode", "num_modes"), "teacher": ("checkpoint", "checkpoint_path"),
             "degradation": ("n_node", "n_nodes"), "backtracking": ("fake_step", "fake_steps"),
-            "evaluation": ("proxy_sample", "proxy_samples"), "checkpointing": ("resumes", "resume"),
-            "distributed": ("nprocs", "nproc")}
+            "evaluation": ("n_sample", "n_samples"), "checkpointing": ("resumes", "resume"),
+            "distributed": ("nprocs", "nproc"), "shared": ("s_int", "s_init")}
 # one out-of-range value per stage, with the words the error must hold
 OUT_OF_RANGE = {"data": ("std", -0.1, "data.std must be > 0"),
                 "teacher": ("device", "gpu", "teacher.device must be auto, cpu or cuda"),
@@ -26,24 +28,25 @@ OUT_OF_RANGE = {"data": ("std", -0.1, "data.std must be > 0"),
                 "backtracking": ("ema_decay", 1.0, r"backtracking.ema_decay must be in \[0, 1\)"),
                 "evaluation": ("n_samples", 0, "evaluation.n_samples must be >= 1"),
                 "checkpointing": ("resume", "always", "checkpointing.resume must be one of auto | never"),
-                "distributed": ("nproc", 0, "distributed.nproc must be >= 1")}
+                "distributed": ("nproc", 0, "distributed.nproc must be >= 1"),
+                "shared": ("s_init", 0.0, "shared.s_init must be > 0")}
 TEACHER_BASE = {"network": {"backbone": "mlp"}}
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", sorted(BLOCKS))
 def test_unknown_key_names_the_nearest_valid_one(stage):
     bad, good = MISSPELT[stage]
     base = TEACHER_BASE if stage == "teacher" else {}
     with pytest.raises(ConfigError, match=f"unknown parameter {stage}.{bad}; did you mean {stage}.{good}\\?"):
-        from_dict(STAGES[stage], {**base, bad: 1}, stage)
+        from_dict(BLOCKS[stage], {**base, bad: 1}, stage)
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", sorted(BLOCKS))
 def test_out_of_range_value_names_the_field(stage):
     key, value, message = OUT_OF_RANGE[stage]
     base = TEACHER_BASE if stage == "teacher" else {}
     with pytest.raises(ConfigError, match=message):
-        from_dict(STAGES[stage], {**base, key: value}, stage)
+        from_dict(BLOCKS[stage], {**base, key: value}, stage)
 
 
 def test_floats_are_not_truncated_to_integers():
@@ -74,10 +77,35 @@ def test_configs_are_frozen_and_yaml_lists_become_tuples():
         cfg.budget = 5
 
 
-def test_validate_parameters_checks_compare_arms_merged_into_backtracking():
-    params = {"backtracking": {"loss": "dmd"}, "compare": {"baseline": {"enabled": False}, "disback": {"enabled": 1}}}
+def test_build_checks_compare_arms_merged_into_shared():
+    params = {"shared": {"s_init": 1.5}, "compare": {"baseline": {"enabled": False}, "disback": {"enabled": 1}}}
     with pytest.raises(ConfigError, match="compare.disback.enabled must be true or false, got 1"):
-        validate_parameters(params)
+        build(params)
+    params["compare"]["disback"]["enabled"] = True
+    built = build(params)
+    assert built["params:compare.baseline"] == SharedConfig(enabled=False, s_init=1.5)
+    assert built["params:compare.disback"] == SharedConfig(enabled=True, s_init=1.5)
+
+
+def test_build_hands_on_typed_blocks_and_one_data_source():
+    built = build({"data": {"source": "gmm2d"}, "backtracking": {"loss": "dmd"}, "shared": {"enabled": False}})
+    data = built["params:data"]
+    assert isinstance(data, Data) and data.source is data.source  # built once, then the same object
+    assert typed(built["params:backtracking"], DistillConfig, "backtracking") is built["params:backtracking"]
+    cfg = distill_config(built["params:backtracking"], built["params:shared"])
+    assert (cfg.loss, cfg.enabled, cfg.method, cfg.s_init) == ("dmd", False, "baseline", 2.5)
+
+
+@pytest.mark.parametrize("block, key", [(b, k) for b, keys in ELSEWHERE.items() for k in keys])
+def test_a_key_that_lives_in_another_block_names_its_home(block, key):
+    home = ELSEWHERE[block][key]
+    with pytest.raises(ConfigError, match=f"{block}.{key} is not a {block} setting: set {home}"):
+        build({block: {key: 1}})
+
+
+def test_proxy_latents_must_be_held_out_from_the_evaluation():
+    with pytest.raises(ConfigError, match=r"backtracking.proxy_seed = evaluation.seed = 3: .* different seeds"):
+        build({"backtracking": {"proxy_seed": 3}, "evaluation": {"seed": 3}})
 
 
 def test_soft_merge_is_recursive_and_replaces_lists():
@@ -139,6 +167,7 @@ def test_conf_base_repeats_exactly_the_defaults():
     loader = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "base"})
     params = loader["parameters"]
     differences = []
-    for stage, cls in STAGES.items():
-        differences += _differences(params[stage], _defaults(cls), stage, complete=stage != "data")
+    for stage, cls in BLOCKS.items():
+        defaults = {k: v for k, v in _defaults(cls).items() if k not in ELSEWHERE.get(stage, {})}
+        differences += _differences(params[stage], defaults, stage, complete=stage != "data")
     assert differences == []

@@ -29,8 +29,8 @@ from .conftest import TINY_UNET
 MLP = {"backbone": "mlp", "dim": 2, "width": 16, "num_blocks": 1, "emb_dim": 8, "label_dim": 0}
 DATA = {"source": "gmm2d", "layout": "ring", "num_modes": 4, "radius": 1.0, "std": 0.1}
 DEGRADATION = {"k1": 6, "n_nodes": 3, "spacing": "iterations", "lr": 1e-2, "batch_size": 8, "seed": 0, "log_every": 0}
-BACKTRACKING = {"enabled": True, "loss": "dmd", "s_init": 2.5, "k2": 2, "budget": 8, "fake_steps": 1,
-                "lr_generator": 1e-3, "lr_fake": 1e-3, "batch_size": 8, "seed": 0, "log_every": 0, "eval_every": 4}
+BACKTRACKING = {"loss": "dmd", "k2": 2, "budget": 8, "fake_steps": 1, "lr_generator": 1e-3, "lr_fake": 1e-3,
+                "batch_size": 8, "seed": 0, "log_every": 0, "eval_every": 4, "proxy_samples": 200, "grid_samples": 16}
 
 
 def _run_slice(enabled: bool, **settings):
@@ -38,8 +38,9 @@ def _run_slice(enabled: bool, **settings):
         "teacher_model": MemoryDataset(Checkpoint(build_network(MLP), MLP, {})),
         "params:data": MemoryDataset(DATA),
         "params:degradation": MemoryDataset(DEGRADATION),
-        "params:backtracking": MemoryDataset({**BACKTRACKING, "enabled": enabled, **settings}),
-        "params:evaluation": MemoryDataset({"proxy_samples": 200, "grid_samples": 16, "seed": 0}),
+        "params:backtracking": MemoryDataset({**BACKTRACKING, **settings}),
+        "params:shared": MemoryDataset({"enabled": enabled, "s_init": 2.5}),
+        "params:evaluation": MemoryDataset({"grid_samples": 16, "seed": 0}),
         "params:checkpointing": MemoryDataset({"resume": "never", "dir": tempfile.mkdtemp()}),
         "params:distributed": MemoryDataset({"nproc": 1}),
     })
@@ -94,7 +95,7 @@ def test_slice_baseline_skips_stage_one_and_equals_distill_without_a_path():
     # the baseline is exactly `distill` with no path: proxy evaluation, the kept EMA generator and sample grids
     # change nothing in the raw generator
     direct = distill(catalog["teacher_model"].load(), make_data_source(DATA), None,
-                     {**BACKTRACKING, "enabled": False, "keep": "last"})
+                     {**BACKTRACKING, "enabled": False, "s_init": 2.5, "keep": "last"})
     for (k, a), b in zip(generator.net.state_dict().items(), direct.generator.net.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -115,16 +116,39 @@ def test_registry_chains_distill():
     assert {"teacher_model", "degradation_path", "generator_ema_model", "metrics"} <= pipes["distill"].datasets()
 
 
+def test_compare_runs_the_real_stage_pipelines_once_per_arm():
+    """Each arm is the degradation and backtracking pipelines in a namespace of its own (a group in Kedro-Viz),
+    reading its entry of `compare` in place of `shared`, with the other inputs shared by both arms."""
+    from kedro.framework.project import configure_project
+
+    configure_project("disback_pipeline")
+    pipes = register_pipelines()
+    compare = pipes["compare"]
+    for arm in ("baseline", "disback"):
+        nodes = {n.name: n for n in compare.nodes if n.namespace and n.namespace.startswith(f"{arm}.")}
+        assert set(nodes) == {f"{arm}.degradation.record_degradation_path", f"{arm}.backtracking.distill_generator",
+                              f"{arm}.backtracking.combine_history"}
+        stage2 = nodes[f"{arm}.backtracking.distill_generator"]
+        assert f"params:compare.{arm}" in stage2.inputs and "params:shared" not in stage2.inputs
+        assert {"teacher_model", "feature_extractor", "reference_stats", f"{arm}.degradation_path",
+                "params:backtracking", "params:distributed"} <= set(stage2.inputs)
+        assert f"{arm}.generator_ema_model" in stage2.outputs
+    assert {"baseline_history", "disback_history"} <= compare.datasets()
+    # the stage nodes are the very functions of the distill pipeline
+    assert {n.func for n in compare.nodes if n.namespace and "." in n.namespace} == \
+        {n.func for n in pipes["distill"].nodes if n.namespace in ("degradation", "backtracking")}
+
+
 def _tiny_digits(project, budget: int, eval_every: int, **backtracking) -> None:
     """The default (digits) run at a size that takes seconds: a tiny UNet, a few steps per stage."""
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
-                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__training__batch_size=8, teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
                  degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
     project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=budget,
                  backtracking__batch_size=4, backtracking__eval_every=eval_every, **backtracking)
     project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
-                 evaluation__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+                 backtracking__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
 
 
 def _check_registered_student(client, root, metrics, gen):
@@ -228,10 +252,17 @@ def test_compare_run_nests_one_mlflow_run_per_method(project):
     for name, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.params["enabled"] == str(name.startswith("disback"))
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "compare/proxy_fid")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "backtracking/proxy_fid")]
         assert steps == [2, 4]
     # stage 1 ran for the DisBack arm only; the report compares the two arms' histories
-    assert "compare/stage1_seconds" in children["disback-di-digits-seed0"].data.metrics
-    assert children["baseline-di-digits-seed0"].data.metrics["compare/stage1_seconds"] == 0.0
+    assert "backtracking/stage1_seconds" in children["disback-di-digits-seed0"].data.metrics
+    assert children["baseline-di-digits-seed0"].data.metrics["backtracking/stage1_seconds"] == 0.0
+    # each arm's outputs are in the catalog: its path (empty for the baseline), generators and history
+    out = project.path / "data/base"
+    assert (out / "06_models/compare/disback_degradation_path/manifest.json").is_file()
+    for arm in ("baseline", "disback"):
+        assert (out / f"06_models/compare/{arm}_generator.pt").is_file()
+        assert (out / f"07_model_output/compare/{arm}_degradation_history.csv").is_file()
+        assert (out / f"09_training_state/compare/{arm}/backtracking").is_dir()
     report = json.loads((project.path / "data/base/08_reporting/convergence.json").read_text())
     assert report["metric"] == "proxy_fid" and set(report["final_quality"]) == {"baseline", "disback"}

@@ -168,13 +168,13 @@ def test_kedro_run_on_two_ranks_equals_one_process(project):
     import mlflow
 
     project.edit("toy2d", "parameters_teacher", teacher__training__steps=30, teacher__training__batch_size=64,
-                 teacher__sampler__num_samples=200, teacher__network__mlp__width=32)
+                 teacher__report__num_samples=200, teacher__network__mlp__width=32)
     project.edit("toy2d", "parameters_degradation", degradation__k1=12, degradation__candidates=4,
                  degradation__probe_size=64, degradation__batch_size=32)
     project.edit("toy2d", "parameters_backtracking", backtracking__budget=12, backtracking__k2=3,
                  backtracking__eval_every=6, backtracking__batch_size=32)
     project.edit("toy2d", "parameters_evaluation", evaluation__reference_samples=500, evaluation__n_samples=500,
-                 evaluation__batch_size=500, evaluation__proxy_samples=100, evaluation__grid_samples=100)
+                 evaluation__batch_size=500, backtracking__proxy_samples=100, evaluation__grid_samples=100)
     models = project.path / "data/toy2d/06_models"
 
     def weights():

@@ -165,7 +165,7 @@ def test_converted_fixture_teacher_runs_through_distill(project, tmp_path):
     project.edit("base", "parameters_data", data={"source": "image_folder", "path": str(tmp_path / "images"),
                                                   "resolution": 16, "channels": 3, "conditional": True})
     project.edit("base", "parameters_teacher", teacher__mode="load", teacher__checkpoint_path=str(teacher),
-                 teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.edit("base", "parameters_degradation", degradation__k1=2, degradation__n_nodes=1,
                  degradation__batch_size=2, degradation__candidates=2, degradation__probe_size=4)
     project.edit("base", "parameters_backtracking", backtracking__k2=1, backtracking__budget=2,

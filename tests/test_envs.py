@@ -8,7 +8,8 @@ import torch
 import yaml
 from kedro.config import OmegaConfigLoader
 
-from disback_pipeline.diffusion.config import soft_merge, validate_parameters
+from disback_pipeline.diffusion.config import soft_merge
+from disback_pipeline.parameters import build
 from disback_pipeline.pipelines.reference.nodes import build_feature_extractor
 from disback_pipeline.pipelines.teacher.nodes import train_or_load_teacher
 from disback_pipeline.settings import CONFIG_LOADER_ARGS
@@ -30,11 +31,12 @@ def test_envs_listed():
 @pytest.mark.parametrize("env", ENVS)
 def test_env_has_every_pipeline_key(env):
     params = _params(env)
-    for key in ("data", "teacher", "degradation", "backtracking", "evaluation", "compare"):
+    for key in ("data", "shared", "teacher", "degradation", "backtracking", "evaluation", "compare"):
         assert key in params, key
-    assert params["teacher"]["sampler"]["nfe"] % 2 == 1
-    assert set(validate_parameters(params)) == {"data", "teacher", "degradation", "backtracking", "evaluation",
-                                                "checkpointing", "distributed"}
+    assert params["shared"]["sampler"]["nfe"] % 2 == 1
+    assert set(build(params)) == {f"params:{b}" for b in ("data", "shared", "teacher", "degradation", "backtracking",
+                                                          "evaluation", "checkpointing", "distributed")} | \
+        {"params:compare.baseline", "params:compare.disback"}
     assert params["checkpointing"]["dir"] == f"data/{env}/09_training_state"  # one output tree per env
 
 
@@ -83,16 +85,16 @@ def test_environments_write_their_own_trees_and_a_rerun_reuses_finished_stages(p
     nothing (its finished training states are reused) and ends with the same weights."""
     import json
 
-    project.edit("toy2d", "parameters_teacher", teacher__training__steps=40, teacher__sampler__num_samples=200,
+    project.edit("toy2d", "parameters_teacher", teacher__training__steps=40, teacher__report__num_samples=200,
                  teacher__network__mlp__width=32)
     project.edit("toy2d", "parameters_degradation", degradation__k1=20, degradation__candidates=5,
                  degradation__probe_size=64)
     project.edit("toy2d", "parameters_backtracking", backtracking__budget=20, backtracking__k2=4,
                  backtracking__eval_every=10)
     project.edit("toy2d", "parameters_evaluation", evaluation__reference_samples=500, evaluation__n_samples=500,
-                 evaluation__batch_size=500, evaluation__proxy_samples=100, evaluation__grid_samples=100)
+                 evaluation__batch_size=500, backtracking__proxy_samples=100, evaluation__grid_samples=100)
     project.edit("base", "parameters_teacher", teacher__network__unet__model_channels=8, teacher__training__steps=4,
-                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__training__batch_size=8, teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.run("distill", env="toy2d")
     toy = project.path / "data/toy2d"
     first = {p: p.read_bytes() for p in (toy / "06_models").rglob("*.pt")}

@@ -30,13 +30,14 @@ SMALL = {  # toy2d with every stage small, and a training state every 10 iterati
     "parameters_teacher": {"teacher": {"network": {"mlp": {"width": 64, "num_blocks": 2, "emb_dim": 32}},
                                        "training": {"steps": 200, "batch_size": 128, "warmup_steps": 20,
                                                     "log_every": 0, "checkpoint_every": 10},
-                                       "sampler": {"num_samples": 500, "nfe": 9}}},
+                                       "report": {"num_samples": 500}}},
+    "parameters_shared": {"shared": {"sampler": {"nfe": 9}}},
     "parameters_degradation": {"degradation": {"k1": 120, "candidates": 12, "probe_size": 128, "batch_size": 64,
                                                "checkpoint_every": 10}},
     "parameters_backtracking": {"backtracking": {"budget": 120, "k2": 10, "batch_size": 64, "eval_every": 40,
-                                                 "log_every": 0, "checkpoint_every": 10}},
+                                                 "log_every": 0, "checkpoint_every": 10, "proxy_samples": 200}},
     "parameters_evaluation": {"evaluation": {"reference_samples": 1000, "n_samples": 1000, "batch_size": 1000,
-                                             "proxy_samples": 200, "grid_samples": 200}},
+                                             "grid_samples": 200}},
 }
 pytestmark = pytest.mark.slow
 
@@ -181,7 +182,7 @@ def test_sigterm_ends_compare_runs_killed_and_the_same_command_continues_them(tm
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # same parent, same two arms
     assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent[0].info.run_id]
     arm = [r for r in runs if r.info.run_name.startswith("disback-")][0]
-    steps = [m.step for m in client.get_metric_history(arm.info.run_id, "compare/loss_generator")]
+    steps = [m.step for m in client.get_metric_history(arm.info.run_id, "backtracking/loss_generator")]
     assert sorted(steps) == list(range(1, TOTALS["backtracking"] + 1))
 
 

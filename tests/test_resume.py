@@ -300,14 +300,14 @@ def test_other_data_teacher_or_path_under_the_same_settings_refuse_an_unfinished
                  data__resolution=8, data__channels=1, data__workers=0)
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=4,
                  teacher__training__batch_size=4, teacher__training__checkpoint_every=2,
-                 teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
                  degradation__candidates=4, degradation__probe_size=8, degradation__batch_size=4,
                  degradation__checkpoint_every=2)
     project.edit("base", "parameters_backtracking", backtracking__budget=4, backtracking__k2=1,
                  backtracking__batch_size=4, backtracking__eval_every=2, backtracking__checkpoint_every=2)
     project.edit("base", "parameters_evaluation", evaluation__domain__steps=5, evaluation__domain__batch_size=4,
-                 evaluation__n_samples=8, evaluation__batch_size=8, evaluation__proxy_samples=8,
+                 evaluation__n_samples=8, evaluation__batch_size=8, backtracking__proxy_samples=8,
                  evaluation__grid_samples=4)
     project.run("distill")
     root = project.path / "data/base"

@@ -21,7 +21,7 @@ def _store(folder: Path, disback_status: str = "FINISHED") -> tuple[str, dict[st
         run = client.create_run(exp_id, run_name=f"{arm}-di-gmm2d-seed0",
                                 tags={"mlflow.parentRunId": parent.info.run_id})
         for step, v in zip((100, 200, 300), values if arm == "baseline" or disback_status == "FINISHED" else [2.0]):
-            client.log_metric(run.info.run_id, "compare/proxy_reverse_kl", v, step=step)
+            client.log_metric(run.info.run_id, "backtracking/proxy_reverse_kl", v, step=step)
         client.set_terminated(run.info.run_id, "FINISHED" if arm == "baseline" else disback_status)
         ids[arm] = run.info.run_id
     client.set_terminated(parent.info.run_id, disback_status)
@@ -34,10 +34,10 @@ def test_notebook_helpers_read_a_real_store(tmp_path):
     runs = list_runs(uri)
     assert len(runs) == 3 and set(runs["run_name"]) >= {"baseline-di-gmm2d-seed0", "disback-di-gmm2d-seed0"}
     assert latest_comparison(uri) == ids
-    curves = metric_curves(uri, ids, "compare/proxy_reverse_kl")
+    curves = metric_curves(uri, ids, "backtracking/proxy_reverse_kl")
     assert curves[curves["label"] == "disback"]["value"].tolist() == [2.0, 1.0, 0.8]
     assert curves[curves["label"] == "baseline"]["step"].tolist() == [100, 200, 300]
-    fig = plot_comparison(curves, "compare/proxy_reverse_kl")
+    fig = plot_comparison(curves, "backtracking/proxy_reverse_kl")
     assert len(fig.axes[0].lines) == 2
 
 

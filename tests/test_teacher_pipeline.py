@@ -14,7 +14,7 @@ from .conftest import TINY_UNET
 def test_teacher_kedro_run_logs_to_mlflow(project):
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=6,
                  teacher__training__batch_size=8, teacher__training__log_every=3,
-                 teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.run("teacher")
     ckpt = load_checkpoint(project.path / "data/base/06_models/teacher.pt")
     assert ckpt.metadata["step"] == 6 and ckpt.config["img_resolution"] == 8
@@ -57,7 +57,7 @@ def test_nan_in_a_run_stops_it_failed_and_keeps_outputs_and_the_last_good_state(
     from disback_pipeline.diffusion.data import TensorImages
 
     tiny = dict(teacher__network=TINY_UNET, teacher__training__batch_size=8, teacher__training__log_every=0,
-                teacher__training__checkpoint_every=3, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                teacher__training__checkpoint_every=3, teacher__report__num_samples=4, shared__sampler__nfe=3)
     project.edit("base", "parameters_teacher", teacher__training__steps=6, **tiny)
     project.run("teacher")
     teacher_file = project.path / "data/base/06_models/teacher.pt"
@@ -92,7 +92,7 @@ def test_a_second_run_in_the_same_environment_stops_at_once(project):
     import fcntl
 
     project.edit("base", "parameters_teacher", teacher__network=TINY_UNET, teacher__training__steps=2,
-                 teacher__training__batch_size=8, teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+                 teacher__training__batch_size=8, teacher__report__num_samples=4, shared__sampler__nfe=3)
     lock = project.path / "data/base/09_training_state/.lock"
     lock.parent.mkdir(parents=True)
     with open(lock, "w") as held:  # another run holds the environment

@@ -70,15 +70,16 @@ def _commit(repo: Path) -> None:
 
 
 def _set(repo: Path, name: str, **updates) -> None:
-    file = repo / "conf" / "base" / f"parameters_{name}.yml"
-    cfg = yaml.safe_load(file.read_text())
+    """Set dotted keys in conf/base, each in the file of its block (``shared__s_init``: parameters_shared.yml)."""
     for dotted, value in updates.items():
-        node = cfg
         keys = dotted.split("__")
+        file = repo / "conf" / "base" / f"parameters_{keys[0]}.yml"
+        cfg = yaml.safe_load(file.read_text())
+        node = cfg
         for k in keys[:-1]:
             node = node[k]
         node[keys[-1]] = value
-    file.write_text(yaml.safe_dump(cfg))
+        file.write_text(yaml.safe_dump(cfg))
 
 
 @pytest.mark.slow
@@ -108,12 +109,12 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     repo = _git_copy(tmp_path)
     _set(repo, "teacher", teacher__network__unet__model_channels=8, teacher__training__steps=4,
          teacher__training__batch_size=8,
-         teacher__sampler__num_samples=4, teacher__sampler__nfe=3)
+         teacher__report__num_samples=4, shared__sampler__nfe=3)
     _set(repo, "degradation", degradation__k1=4, degradation__n_nodes=2, degradation__batch_size=4,
          degradation__candidates=4, degradation__probe_size=8)
     _set(repo, "backtracking", backtracking__k2=2, backtracking__budget=4, backtracking__batch_size=4,
          backtracking__eval_every=2)
-    _set(repo, "evaluation", evaluation__domain__steps=20, evaluation__n_samples=30, evaluation__proxy_samples=20,
+    _set(repo, "evaluation", evaluation__domain__steps=20, evaluation__n_samples=30, backtracking__proxy_samples=20,
          evaluation__grid_samples=4, evaluation__reference_samples=200)
     _commit(repo)
     base = ("compare", "evaluation")  # with their upstream stages: the base environment's chain
@@ -139,11 +140,11 @@ def test_dvc_repro_chain_is_reproducible_and_incremental(tmp_path):
     assert "metrics.json" in metrics and "convergence.json" in metrics
     # another environment: one stage, its own output tree; base's outputs and lock entries stay as they were
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    for name, updates in {"teacher": {"training": {"steps": 30}, "sampler": {"num_samples": 100}},
+    for name, updates in {"teacher": {"training": {"steps": 30}, "report": {"num_samples": 100}},
                           "degradation": {"k1": 10, "candidates": 4, "probe_size": 32},
-                          "backtracking": {"budget": 10, "k2": 3, "eval_every": 5},
+                          "backtracking": {"budget": 10, "k2": 3, "eval_every": 5, "proxy_samples": 100},
                           "evaluation": {"reference_samples": 300, "n_samples": 300, "batch_size": 300,
-                                         "proxy_samples": 100, "grid_samples": 100}}.items():
+                                         "grid_samples": 100}}.items():
         file = repo / "conf" / "toy2d" / f"parameters_{name}.yml"
         file.write_text(yaml.safe_dump(soft_merge(yaml.safe_load(file.read_text()), {name: updates})))
     _commit(repo)

@@ -1,17 +1,21 @@
-"""Project hooks: every stage's settings are checked when a run starts, before anything trains; an
-interrupted run continues its MLflow run when started again, and a run stopped by Ctrl-C or SIGTERM ends
-as KILLED."""
+"""Project hooks: every stage's settings are built once when a run starts, before anything trains, and handed
+to the nodes; each compare arm gets its own training-state folder and MLflow child run; an interrupted run
+continues its MLflow run when started again, and a run stopped by Ctrl-C or SIGTERM ends as KILLED."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import signal
+from pathlib import Path
+from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from .diffusion.config import CheckpointingConfig, from_dict, validate_parameters
+from .diffusion.config import CheckpointingConfig, DistillConfig, SharedConfig
+from .parameters import build, distill_config
 from .resume import RunLock, RunMarker, params_digest
 
 log = logging.getLogger(__name__)
@@ -41,17 +45,105 @@ class MarkExperiment:
             self._done = True
 
 
-class ValidateParameters:
-    """Build each stage's typed configuration from the run's parameters (``--params`` included).
+class Settings:
+    """Build each block's typed settings from the run's parameters (``--params`` included) once, when the run
+    starts, and hand them to the nodes in place of the raw ``params:<block>`` dicts (:mod:`.parameters`).
 
     A misspelt or out-of-range key fails here, within seconds, naming the key and the nearest valid
-    one, instead of surfacing after the teacher has trained.
+    one, instead of surfacing after the teacher has trained. The nodes of a compare arm (namespace
+    ``<arm>``) get ``checkpointing.dir``/compare/<arm> as their training-state folder.
     """
 
-    @hook_impl
+    def __init__(self):
+        self.built: dict[str, Any] = {}
+        self.arms: dict[str, CheckpointingConfig] = {}
+
+    @hook_impl(tryfirst=True)  # before the hooks that read the built settings
     def after_context_created(self, context) -> None:
-        built = validate_parameters(context.params)
-        log.info("parameters checked: %s", ", ".join(built))
+        self.built = build(context.params)
+        ckpt = self.built.get("params:checkpointing", CheckpointingConfig())
+        self.arms = {arm: dataclasses.replace(ckpt, dir=str(Path(ckpt.dir) / "compare" / arm))
+                     for arm in context.params.get("compare") or {}}
+        log.info("parameters checked: %s", ", ".join(k.removeprefix("params:") for k in self.built))
+
+    def arm_of(self, node) -> str | None:
+        first = (node.namespace or "").split(".")[0]
+        return first if first in self.arms else None
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict[str, Any]) -> dict[str, Any]:
+        typed = {k: self.built[k] for k in inputs if k in self.built}
+        arm = self.arm_of(node)
+        if arm is not None and "params:checkpointing" in inputs:
+            typed["params:checkpointing"] = self.arms[arm]
+        return typed
+
+
+class ArmRuns:
+    """Each compare arm's nodes report to an MLflow child run of the run, ``<arm>-<loss>-<data>-seed<seed>``, so
+    the UI's compare view lists both methods with their parameters and metrics.
+
+    The child's id is kept in ``<checkpointing.dir>/compare/<arm>/mlflow_run.json``; every node of the arm, and a
+    resumed parent run, continue it. A node that fails ends it FAILED; Ctrl-C or SIGTERM end it KILLED
+    (:class:`ResumeRun`).
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._open: str | None = None  # the child run this hook started for the running node
+
+    def _arm(self, node) -> tuple[str, DistillConfig] | None:
+        arm = self.settings.arm_of(node)
+        if arm is None or "params:backtracking" not in self.settings.built:
+            return None
+        shared: SharedConfig = self.settings.built[f"params:compare.{arm}"]
+        return arm, distill_config(self.settings.built["params:backtracking"], shared)
+
+    @hook_impl(trylast=True)  # after kedro-mlflow has reopened the parent run
+    def before_node_run(self, node) -> None:
+        import mlflow
+
+        found = self._arm(node)
+        if found is None or mlflow.active_run() is None:
+            return
+        arm, cfg = found
+        data = self.settings.built["params:data"].name
+        name = f"{cfg.method}-{cfg.loss}-{data}-seed{cfg.seed}"
+        marker = RunMarker(self.settings.arms[arm].dir)
+        parent = mlflow.active_run().info.run_id
+        known = (marker.read() or {}).get("run_id")
+        resume = known if known and _child_of(known, parent) else None
+        run = mlflow.start_run(run_id=resume, run_name=None if resume else name, nested=True)
+        marker.write(run.info.run_id, name=name, parent=parent)
+        self._open = run.info.run_id
+        if resume is None:
+            mlflow.log_params({**{k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, dict)},
+                               "data": data})
+
+    def _end(self, status: str) -> None:
+        import mlflow
+
+        run = mlflow.active_run()
+        if self._open is not None and run is not None and run.info.run_id == self._open:
+            mlflow.end_run(status)
+        self._open = None
+
+    @hook_impl
+    def after_node_run(self) -> None:
+        self._end("FINISHED")
+
+    @hook_impl
+    def on_node_error(self) -> None:
+        self._end("FAILED")
+
+
+def _child_of(run_id: str, parent: str) -> bool:
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId") == parent
+    except Exception:  # deleted, or another store
+        return False
 
 
 class ResumeRun:
@@ -65,7 +157,8 @@ class ResumeRun:
     rather than staying RUNNING.
     """
 
-    def __init__(self):
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self._marker: RunMarker | None = None
         self._lock: RunLock | None = None
         self._resume = "auto"
@@ -78,7 +171,7 @@ class ResumeRun:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        cfg = from_dict(CheckpointingConfig, context.params.get("checkpointing"), "checkpointing")
+        cfg = self.settings.built.get("params:checkpointing", CheckpointingConfig())
         self._marker, self._lock, self._resume = RunMarker(cfg.dir), RunLock(cfg.dir), cfg.resume
         self._digest = params_digest(context.params)
 

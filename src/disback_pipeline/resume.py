@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .diffusion.config import CheckpointingConfig, from_dict
+from .diffusion.config import CheckpointingConfig
 from .diffusion.state import StateStore, fingerprint
+from .parameters import typed
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ def _run_id() -> str | None:
     return None if run is None else run.info.run_id
 
 
-def state_store(checkpointing: dict[str, Any] | None, folder: str, stage: str, every: int,
+def state_store(checkpointing: CheckpointingConfig | dict[str, Any] | None, folder: str, stage: str, every: int,
                 **inputs: Any) -> StateStore:
     """The store of one loop's states under ``checkpointing.dir``/``folder``; ``inputs`` (settings, weight
     hashes) make its fingerprint."""
-    cfg = from_dict(CheckpointingConfig, checkpointing or {}, "checkpointing")
+    cfg = typed(checkpointing or {}, CheckpointingConfig, "checkpointing")
     return StateStore(Path(cfg.dir) / folder, stage, every, fingerprint(**inputs), cfg.keep, cfg.resume,
                       run_id=_run_id())
 

@@ -1,18 +1,20 @@
 """Kedro project settings.
 
 kedro-mlflow registers its hooks through its plugin entry point; its
-configuration lives in conf/base/mlflow.yml (a sqlite store). Our own hook
-checks every stage's parameters when a run starts; another lets an
-interrupted run continue its MLflow run. Environments only
+configuration lives in conf/base/mlflow.yml (a sqlite store). Our own hooks
+build every stage's settings once when a run starts and hand them to the
+nodes, give each compare arm an MLflow child run, and let an interrupted
+run continue its MLflow run. Environments only
 override: parameters are soft-merged over conf/base, so conf/<env>/ holds
 just what differs.
 """
 
 from kedro.config import OmegaConfigLoader
 
-from disback_pipeline.hooks import MarkExperiment, ResumeRun, ValidateParameters
+from disback_pipeline.hooks import ArmRuns, MarkExperiment, ResumeRun, Settings
 
-HOOKS = (ValidateParameters(), MarkExperiment(), ResumeRun())
+_SETTINGS = Settings()
+HOOKS = (_SETTINGS, ArmRuns(_SETTINGS), MarkExperiment(), ResumeRun(_SETTINGS))
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -227,6 +227,9 @@ class DistillConfig:
     checkpoint_every: int = 100       # training-state interval (iterations; 0 = only at the end)
     keep: Literal["last", "best"] = "best"  # EMA generator handed on: the last, or the best by the proxy quality
     reset_optimizer: bool = True      # restart the generator's Adam moments at every change of target
+    proxy_samples: int = 500          # samples per proxy evaluation (count)
+    proxy_seed: int = 1               # latent seed of the proxy evaluations (held out from evaluation.seed's)
+    grid_samples: int = 64            # images in each panel of the switch figure (count; 2-D data: 2000 points)
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
@@ -234,7 +237,7 @@ class DistillConfig:
             raise ValueError("keep: best picks the EMA generator at the proxy evaluations, and eval_every is 0 "
                              "(never); set eval_every > 0 or keep: last")
         _at_least(self, 0, "k2", "log_every", "eval_every", "gan_weight", "checkpoint_every", "ema_rampup")
-        _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every")
+        _at_least(self, 1, "budget", "fake_steps", "batch_size", "record_every", "proxy_samples", "grid_samples")
         _fraction(self, "ema_decay")
         for i, b in enumerate(self.betas):
             if not 0.0 <= b < 1.0:
@@ -351,16 +354,24 @@ class SamplerConfig:
     sigma_min: float = 0.002          # smallest noise level (data units)
     sigma_max: float = 80.0           # largest noise level (data units)
     rho: float = 7.0                  # schedule curvature (dimensionless)
-    num_samples: int = 256            # samples drawn for the teacher's report (count)
-    seed: int = 0                     # latent seed for the report's samples
 
     def __post_init__(self):
         if self.nfe < 1 or self.nfe % 2 == 0:
             raise ConfigError(f"nfe must be a positive odd integer (2 * steps - 1), got {self.nfe!r}")
         _positive(self, "sigma_min", "rho")
-        _at_least(self, 1, "num_samples")
         if not self.sigma_max > self.sigma_min:
             raise ConfigError(f"sigma_max must be > sigma_min, got {self.sigma_max} <= {self.sigma_min}")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The teacher pipeline's report: Heun samples of the teacher (a figure; NLL and modes for 2-D data)."""
+
+    num_samples: int = 256            # samples drawn (count)
+    seed: int = 0                     # latent seed of the samples
+
+    def __post_init__(self):
+        _at_least(self, 1, "num_samples")
 
 
 @dataclass(frozen=True)
@@ -374,7 +385,7 @@ class TeacherConfig:
     bf16: bool = False                # bf16 autocast on CUDA
     network: dict = field(default_factory=dict)  # architecture (backbone and its arguments; checked when built)
     training: TrainingConfig = field(default_factory=TrainingConfig)  # pre-training (mode = pretrain)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)     # Heun sampler
+    report: ReportConfig = field(default_factory=ReportConfig)        # the teacher's samples in its report
 
     def __post_init__(self):
         _device(self)
@@ -411,13 +422,12 @@ class EvaluationConfig:
     n_samples: int = 2000             # samples per model for the final metrics (count)
     batch_size: int = 2000            # samples per sampling batch, teacher and student alike (count)
     device: Device = "auto"           # where the final samples are drawn
-    proxy_samples: int = 500          # samples per proxy evaluation during distillation (count)
     grid_samples: int = 64            # images per sample grid (count)
     seed: int = 0                     # latent seed shared by every evaluation
 
     def __post_init__(self):
         _at_least(self, 0, "reference_samples")
-        _at_least(self, 1, "n_samples", "batch_size", "proxy_samples", "grid_samples")
+        _at_least(self, 1, "n_samples", "batch_size", "grid_samples")
         _device(self)
 
 
@@ -447,21 +457,21 @@ class DistributedConfig:
         _at_least(self, 1, "nproc")
 
 
-STAGES = {"data": DataConfig, "teacher": TeacherConfig, "degradation": DegradationConfig,
-          "backtracking": DistillConfig, "evaluation": EvaluationConfig, "checkpointing": CheckpointingConfig,
-          "distributed": DistributedConfig}
+@dataclass(frozen=True)
+class SharedConfig:
+    """The values more than one stage reads: which method runs, the generator's input noise level and the
+    teacher's sampler."""
 
+    enabled: bool = DistillConfig.enabled    # backtracking on (DisBack: stage 1 records a path, stage 2 walks it)
+    s_init: float = DistillConfig.s_init     # noise level at which G denoises its latent (stage 1, 2, evaluation)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the teacher's Heun sampler (report, evaluation)
 
-def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:
-    """Build every stage's configuration present in ``params`` (fails on the first bad key or value).
+    def __post_init__(self):
+        _positive(self, "s_init")
 
-    ``compare`` holds per-arm overrides of ``backtracking``; each arm is checked merged into it.
-    Returns the built configurations by stage name.
-    """
-    built = {name: from_dict(cls, params[name], name) for name, cls in STAGES.items() if name in params}
-    for arm, overrides in (params.get("compare") or {}).items():
-        from_dict(DistillConfig, {**params.get("backtracking", {}), **(overrides or {})}, f"compare.{arm}")
-    return built
+    @property
+    def method(self) -> str:
+        return "disback" if self.enabled else "baseline"
 
 
 def soft_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

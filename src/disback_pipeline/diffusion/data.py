@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -463,8 +463,10 @@ def load_torchvision(name: str, root: str | Path, resolution: int | None = None,
     return UInt8Images(name, x, labels, 10, conditional)
 
 
-def make_data_source(cfg: dict[str, Any]) -> DataSource:
-    """Build the data source described by the ``data`` parameters."""
+def make_data_source(cfg) -> DataSource:
+    """Build the data source described by the ``data`` parameters (a dict, or a built DataConfig)."""
+    if dataclasses.is_dataclass(cfg):
+        cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
     cfg = dict(cfg)
     kind = cfg.get("source")
     conditional = bool(cfg.get("conditional", False))

@@ -18,6 +18,7 @@ final checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -77,6 +78,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _flat(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a built configuration
+        value = dataclasses.asdict(value)
     if isinstance(value, dict):
         for k, v in value.items():
             _flat(v, f"{prefix}.{k}" if prefix else str(k), out)

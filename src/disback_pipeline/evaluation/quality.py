@@ -219,7 +219,7 @@ def teacher_vs_student(teacher: Checkpoint, student: Checkpoint, source: DataSou
                     "nfe": sampler.nfe},
         "student": {**quality(x_student, source, features, reference, cfg.seed), "samples_per_s": tps_student,
                     "nfe": 1, "weights": "ema", "method": student.metadata.get("method"),
-                    "iterations": student.metadata.get("step")},
+                    "loss": student.metadata.get("loss"), "iterations": student.metadata.get("step")},
         "initial_generator": quality(x_init, source, features, reference, cfg.seed),
         "seed": cfg.seed,
         "headline_metric": headline_metric(source),

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pandas as pd
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import DistillConfig, EvaluationConfig, TeacherConfig, from_dict
-from ...diffusion.data import make_data_source
+from ...diffusion.config import EvaluationConfig, SharedConfig
 from ...diffusion.state import weights_sha256
 from ...diffusion.teacher import check_teacher_fits
 from ...evaluation.quality import FeatureSpec, teacher_vs_student
+from ...parameters import Data, as_data, typed
 from ...reporting import curves_figure, samples_figure
 from ...tracking import log_metrics
 
@@ -20,17 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, feature_extractor: FeatureSpec,
-                    reference_stats: dict, backtracking_history: pd.DataFrame, data: dict[str, Any],
-                    teacher: dict[str, Any], evaluation: dict[str, Any]):
-    """Teacher (Heun, NFE from params) and student (one step, EMA weights) side by side.
+                    reference_stats: dict, backtracking_history: pd.DataFrame, data: Data,
+                    evaluation, shared):
+    """Teacher (Heun, the shared sampler) and student (one step, EMA weights) side by side.
 
     Returns metrics ({"teacher", "student", "initial_generator"}), three sample
     figures and the proxy-quality-vs-iteration curve of the run.
     """
-    source = make_data_source(data)
+    source = as_data(data).source
     check_teacher_fits(teacher_model.config, source)
-    cfg = from_dict(EvaluationConfig, evaluation, "evaluation")
-    sampler = from_dict(TeacherConfig, teacher, "teacher").sampler
+    cfg = typed(evaluation, EvaluationConfig, "evaluation")
+    sampler = typed(shared, SharedConfig, "shared").sampler
     metrics, x = teacher_vs_student(teacher_model, generator_ema_model, source, feature_extractor, reference_stats,
                                     cfg, sampler)
     head = metrics["headline_metric"]
@@ -65,8 +64,7 @@ def package_student(generator_ema_model: Checkpoint) -> str:
     return find_spec("disback_pipeline.student_model").origin  # the file, not run here
 
 
-def register_student(student_model, metrics: dict, teacher_model: Checkpoint, data: dict[str, Any],
-                     backtracking: dict[str, Any]) -> dict:
+def register_student(student_model, metrics: dict, teacher_model: Checkpoint, data: Data) -> dict:
     """Register the logged student as ``<data>-<method>-<loss>`` with its quality, loss, method and the
     teacher's hash as version tags; returns what was registered (empty without an MLflow run)."""
     from ...serving import register_logged_model
@@ -75,11 +73,10 @@ def register_student(student_model, metrics: dict, teacher_model: Checkpoint, da
     if not active():
         log.info("no MLflow run: the student is not registered")
         return {}
-    cfg = from_dict(DistillConfig, backtracking, "backtracking")
-    head = metrics["headline_metric"]
-    name = f"{data.get('source')}-{cfg.method}-{cfg.loss}"
-    tags = {head: f"{metrics['student'][head]:.6g}", f"teacher_{head}": f"{metrics['teacher'][head]:.6g}",
-            "loss": cfg.loss, "method": cfg.method, "teacher_sha256": weights_sha256(teacher_model.net)}
+    head, student = metrics["headline_metric"], metrics["student"]
+    name = f"{as_data(data).name}-{student['method']}-{student['loss']}"
+    tags = {head: f"{student[head]:.6g}", f"teacher_{head}": f"{metrics['teacher'][head]:.6g}",
+            "loss": student["loss"], "method": student["method"], "teacher_sha256": weights_sha256(teacher_model.net)}
     registered = register_logged_model(name, tags)
     log.info("registered %s version %d (%s)", name, registered["version"], tags)
     return registered

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
-from ...diffusion.config import EvaluationConfig, from_dict
-from ...diffusion.data import GaussianMixture2D, iterate, make_data_source
+from ...diffusion.config import EvaluationConfig
+from ...diffusion.data import GaussianMixture2D, iterate
 from ...evaluation.features import inception_extractor, train_domain_classifier
 from ...evaluation.quality import CHUNK, FeatureSpec, Moments, reference_statistics
+from ...parameters import Data, as_data, typed
 from ...tracking import log_metrics
 
 log = logging.getLogger(__name__)
 
-def build_feature_extractor(data: dict[str, Any], evaluation: dict[str, Any]) -> FeatureSpec:
+def build_feature_extractor(data: Data, evaluation) -> FeatureSpec:
     """Train the ``domain`` classifier, or check the local Inception file; 2-D data need none."""
-    source = make_data_source(data)
+    source = as_data(data).source
     if isinstance(source, GaussianMixture2D):
         return FeatureSpec("none")
-    cfg = from_dict(EvaluationConfig, evaluation, "evaluation")
+    cfg = typed(evaluation, EvaluationConfig, "evaluation")
     if cfg.extractor == "inception":
         inception_extractor(cfg.inception_path, cfg.inception_mode)  # fails early with the fix if absent
         return FeatureSpec("inception", inception_path=str(cfg.inception_path), mode=cfg.inception_mode)
@@ -30,11 +30,10 @@ def build_feature_extractor(data: dict[str, Any], evaluation: dict[str, Any]) ->
     return FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
 
 
-def build_reference_stats(feature_extractor: FeatureSpec, data: dict[str, Any],
-                          evaluation: dict[str, Any]) -> dict:
+def build_reference_stats(feature_extractor: FeatureSpec, data: Data, evaluation) -> dict:
     """Mean/covariance of the real data's features (2-D: of exact samples) and their hash."""
-    source = make_data_source(data)
-    cfg = from_dict(EvaluationConfig, evaluation, "evaluation")
+    source = as_data(data).source
+    cfg = typed(evaluation, EvaluationConfig, "evaluation")
     n = cfg.reference_samples
     if isinstance(source, GaussianMixture2D):
         n = n or 10000  # exact samples: 0 (the whole set) has no meaning for a density

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -10,20 +9,21 @@ import pandas as pd
 import torch
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import DistributedConfig, TeacherConfig, from_dict
-from ...diffusion.data import GaussianMixture2D, make_data_source
+from ...diffusion.config import DistributedConfig, SharedConfig, TeacherConfig
+from ...diffusion.data import GaussianMixture2D
 from ...diffusion.distributed import run as ranks_run
 from ...diffusion.teacher import load_teacher, pretrain_teacher
 from ...evaluation.metrics import mean_nll, mode_stats
 from ...evaluation.quality import sample_teacher
+from ...parameters import Data, as_data, typed
 from ...reporting import samples_figure
 from ...resume import state_store
 from ...tracking import MetricBuffer, log_metrics
 
 log = logging.getLogger(__name__)
 
-def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any], checkpointing: dict[str, Any] | None = None,
-                          distributed: dict[str, Any] | None = None) -> tuple[Checkpoint, pd.DataFrame]:
+def train_or_load_teacher(data: Data, teacher, checkpointing=None,
+                          distributed=None) -> tuple[Checkpoint, pd.DataFrame]:
     """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``
     (our checkpoint, or an EDM snapshot ``.pkl`` read without executing its code). Pre-training saves its
     state every ``teacher.training.checkpoint_every`` steps and continues from it after a kill.
@@ -31,18 +31,18 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any], checkpo
     Returns:
         The teacher checkpoint and its per-step training history (empty when loaded).
     """
-    cfg = from_dict(TeacherConfig, teacher, "teacher")
+    cfg, data = typed(teacher, TeacherConfig, "teacher"), as_data(data)
     if cfg.mode == "load":
         ckpt = load_teacher(cfg.checkpoint_path)
         shown = {k: v for k, v in ckpt.metadata.items() if k != "edm_init_kwargs"}
         log.info("loaded teacher from %s (%s)", cfg.checkpoint_path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
     metrics = MetricBuffer(prefix="teacher/")
-    source = make_data_source(data)
-    store = state_store(checkpointing, "teacher", "teacher pre-training", cfg.training.checkpoint_every, data=data,
-                        data_sha256=source.content_sha256(), network=cfg.network,
-                        training=dataclasses.asdict(cfg.training), seed=cfg.seed, bf16=cfg.bf16)
-    ranks = from_dict(DistributedConfig, distributed or {}, "distributed")
+    source = data.source
+    store = state_store(checkpointing, "teacher", "teacher pre-training", cfg.training.checkpoint_every,
+                        data=data.config, data_sha256=data.sha256, network=cfg.network,
+                        training=cfg.training, seed=cfg.seed, bf16=cfg.bf16)
+    ranks = typed(distributed or {}, DistributedConfig, "distributed")
     def on_step(step, rec):
         metrics.log(step, {"loss": rec["loss"]})
 
@@ -57,16 +57,16 @@ def train_or_load_teacher(data: dict[str, Any], teacher: dict[str, Any], checkpo
     return ckpt, pd.DataFrame(history)
 
 
-def report_teacher(teacher_model: Checkpoint, data: dict[str, Any], teacher: dict[str, Any]):
-    """Heun samples of the teacher: a figure and summary metrics.
+def report_teacher(teacher_model: Checkpoint, data: Data, teacher, shared):
+    """Heun samples of the teacher (``teacher.report``, with the shared sampler): a figure and summary metrics.
 
     For 2-D mixtures the metrics include the mean NLL under the true density of
     the teacher's samples and of true samples drawn with the same seed.
     """
-    source = make_data_source(data)
-    cfg = from_dict(TeacherConfig, teacher, "teacher").sampler
-    x, samples_per_s = sample_teacher(teacher_model.net, source, cfg.num_samples, cfg.seed, cfg)
-    metrics: dict[str, Any] = {"nfe": cfg.nfe, "n_samples": cfg.num_samples, "samples_per_s": samples_per_s}
+    source = as_data(data).source
+    cfg, sampler = typed(teacher, TeacherConfig, "teacher").report, typed(shared, SharedConfig, "shared").sampler
+    x, samples_per_s = sample_teacher(teacher_model.net, source, cfg.num_samples, cfg.seed, sampler)
+    metrics: dict[str, Any] = {"nfe": sampler.nfe, "n_samples": cfg.num_samples, "samples_per_s": samples_per_s}
     reference = None
     if isinstance(source, GaussianMixture2D):
         reference, _ = source.sample(cfg.num_samples, torch.Generator().manual_seed(cfg.seed))
@@ -77,6 +77,6 @@ def report_teacher(teacher_model: Checkpoint, data: dict[str, Any], teacher: dic
         log.info("teacher NLL %.4f vs data %.4f (gap %.4f nats)", metrics["nll"], metrics["nll_data"],
                  metrics["nll_gap"])
     log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)}, prefix="teacher/")
-    fig = samples_figure(x[:4096] if x.ndim == 2 else x[:64], f"teacher (Heun, NFE {cfg.nfe})",
+    fig = samples_figure(x[:4096] if x.ndim == 2 else x[:64], f"teacher (Heun, NFE {sampler.nfe})",
                          None if reference is None else reference[:4096])
     return fig, metrics
