@@ -47,11 +47,11 @@ from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
 from disback_pipeline.evaluation.convergence import first_reaching  # noqa: E402
 from disback_pipeline.evaluation.features import (  # noqa: E402
     DomainClassifier,
+    FeatureSpec,
     TrainedExtractor,
     train_domain_classifier,
 )
 from disback_pipeline.evaluation.quality import (  # noqa: E402
-    FeatureSpec,
     quality,
     reference_statistics,
     sample_generator,

@@ -11,8 +11,7 @@ import torch
 
 from disback_pipeline.diffusion.data import open_image_folder
 from disback_pipeline.diffusion.teacher import pretrain_teacher
-from disback_pipeline.evaluation.features import DomainClassifier
-from disback_pipeline.evaluation.quality import FeatureSpec
+from disback_pipeline.evaluation.features import DomainClassifier, FeatureSpec
 from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 
 

@@ -20,8 +20,7 @@ from disback_pipeline.diffusion.data import GaussianMixture2D, load_image_folder
 from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.path import load_path, save_path
 from disback_pipeline.diffusion.teacher import load_teacher
-from disback_pipeline.evaluation.features import inception_extractor
-from disback_pipeline.evaluation.quality import FeatureSpec
+from disback_pipeline.evaluation.features import FeatureSpec, inception_extractor
 from disback_pipeline.parameters import build
 from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 

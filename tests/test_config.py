@@ -14,8 +14,6 @@ from disback_pipeline.diffusion.config import (
 )
 from disback_pipeline.parameters import BLOCKS, ELSEWHERE, Data, build, distill_config, typed
 
-
-
 # one misspelt key per stage, with the name the error must suggest
 MISSPELT = {"data": ("num_mode", "num_modes"), "teacher": ("checkpoint", "checkpoint_path"),
             "degradation": ("n_node", "n_nodes"), "backtracking": ("fake_step", "fake_steps"),
@@ -101,6 +99,43 @@ def test_a_key_that_lives_in_another_block_names_its_home(block, key):
     home = ELSEWHERE[block][key]
     with pytest.raises(ConfigError, match=f"{block}.{key} is not a {block} setting: set {home}"):
         build({block: {key: 1}})
+
+
+def test_the_settings_hook_hands_every_node_the_same_built_objects():
+    """One build a run: each node gets the built blocks (the data source built, an image folder scanned, once);
+    a compare arm's nodes get the arm's settings and their own training-state folder."""
+    from types import SimpleNamespace
+
+    from disback_pipeline.diffusion.config import CheckpointingConfig
+    from disback_pipeline.hooks import Settings
+
+    hook = Settings()
+    params = {"data": {"source": "gmm2d"}, "shared": {"s_init": 1.5}, "checkpointing": {"dir": "states"},
+              "compare": {"baseline": {"enabled": False}}}
+    hook.after_context_created(SimpleNamespace(params=params))
+    inputs = {"params:data": params["data"], "params:shared": params["shared"], "teacher_model": object()}
+    first = hook.before_node_run(SimpleNamespace(namespace="teacher"), inputs)
+    second = hook.before_node_run(SimpleNamespace(namespace="degradation"), inputs)
+    assert set(first) == {"params:data", "params:shared"} and first["params:data"] is second["params:data"]
+    assert first["params:data"].source is second["params:data"].source
+    arm = hook.before_node_run(SimpleNamespace(namespace="baseline.backtracking"),
+                               {"params:compare.baseline": {}, "params:checkpointing": {}})
+    assert arm["params:compare.baseline"] == SharedConfig(enabled=False, s_init=1.5)
+    assert arm["params:checkpointing"] == CheckpointingConfig(dir="states/compare/baseline")
+    plain = hook.before_node_run(SimpleNamespace(namespace="backtracking"), {"params:checkpointing": {}})
+    assert plain["params:checkpointing"] == CheckpointingConfig(dir="states")
+
+
+def test_kedro_leaves_the_settings_to_the_project():
+    """Kedro builds a node parameter hinted with a dataclass itself (``cls(**block)``: nested blocks stay dicts,
+    no nearest-key message); no node of ours hints one, so every block is built by :func:`build` alone."""
+    from kedro.framework.project import configure_project
+    from kedro.validation.type_extractor import TypeExtractor
+
+    from disback_pipeline.pipeline_registry import register_pipelines
+
+    configure_project("disback_pipeline")
+    assert TypeExtractor(register_pipelines()).extract_types_from_pipelines() == {}
 
 
 def test_proxy_latents_must_be_held_out_from_the_evaluation():

@@ -9,7 +9,8 @@ from disback_pipeline.diffusion.config import DegradationConfig, SamplerConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.disback import Callbacks, distill
-from disback_pipeline.evaluation.quality import FeatureSpec, quality, sample_generator, sample_teacher
+from disback_pipeline.evaluation.features import FeatureSpec
+from disback_pipeline.evaluation.quality import quality, sample_generator, sample_teacher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

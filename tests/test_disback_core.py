@@ -243,7 +243,7 @@ def test_manifest_without_hash_is_refused(tmp_path):
 
 
 def test_teacher_for_other_data_is_refused_in_stage_one_and_evaluation():
-    from disback_pipeline.evaluation.quality import FeatureSpec
+    from disback_pipeline.evaluation.features import FeatureSpec
     from disback_pipeline.pipelines.evaluation.nodes import evaluate_models
 
     digits = load_digits_source()

@@ -22,7 +22,8 @@ from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, 
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_digits_source
 from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.disback import distill
-from disback_pipeline.diffusion.state import DivergenceError, StateStore, fingerprint
+from disback_pipeline.diffusion.divergence import DivergenceError
+from disback_pipeline.diffusion.state import StateStore, fingerprint
 from disback_pipeline.diffusion.teacher import pretrain_teacher
 
 TOL = 1e-5

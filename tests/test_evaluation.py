@@ -8,9 +8,9 @@ import torch
 from disback_pipeline.diffusion.config import SamplerConfig
 from disback_pipeline.diffusion.data import GaussianMixture2D, load_digits_source
 from disback_pipeline.evaluation.convergence import speedup_report
-from disback_pipeline.evaluation.features import inception_extractor, train_domain_classifier
+from disback_pipeline.evaluation.features import FeatureSpec, inception_extractor, train_domain_classifier
 from disback_pipeline.evaluation.metrics import exact_kl, gmm_metrics, knn_log_density
-from disback_pipeline.evaluation.quality import FeatureSpec, fid_against, quality, reference_statistics
+from disback_pipeline.evaluation.quality import fid_against, quality, reference_statistics
 
 RING = GaussianMixture2D.ring(8, 1.0, 0.05)
 

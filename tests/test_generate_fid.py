@@ -10,8 +10,8 @@ from disback_pipeline.datasets import FeatureExtractorDataset, NpzDataset
 from disback_pipeline.diffusion.backbones import build_network
 from disback_pipeline.diffusion.checkpoint import Checkpoint, save_checkpoint
 from disback_pipeline.diffusion.data import load_digits_source
-from disback_pipeline.evaluation.features import train_domain_classifier
-from disback_pipeline.evaluation.quality import FeatureSpec, fid_against, frechet_distance, reference_statistics
+from disback_pipeline.evaluation.features import FeatureSpec, train_domain_classifier
+from disback_pipeline.evaluation.quality import fid_against, frechet_distance, reference_statistics
 from disback_pipeline.evaluation.samples import parse_seeds, read_images
 from disback_pipeline.fid import main as fid_main
 from disback_pipeline.generate import main as generate_main

@@ -13,9 +13,9 @@ from disback_pipeline.diffusion.config import DegradationConfig, DistillConfig, 
 from disback_pipeline.diffusion.data import GaussianMixture2D
 from disback_pipeline.diffusion.degradation import record_degradation
 from disback_pipeline.diffusion.disback import Callbacks, distill
-from disback_pipeline.diffusion.state import DivergenceError, StateError, StateStore, fingerprint
+from disback_pipeline.diffusion.divergence import DivergenceError, Guard
+from disback_pipeline.diffusion.state import StateError, StateStore, fingerprint
 from disback_pipeline.diffusion.teacher import pretrain_teacher, train_dsm
-from disback_pipeline.diffusion.training import Guard
 
 TINY = {"backbone": "mlp", "width": 16, "num_blocks": 1, "emb_dim": 8}
 SRC = GaussianMixture2D.ring(4, 1.0, 0.1)

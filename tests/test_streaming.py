@@ -16,8 +16,8 @@ from PIL import Image
 
 from disback_pipeline.diffusion.data import BatchStream, load_image_folder, open_image_folder
 from disback_pipeline.diffusion.teacher import pretrain_teacher
-from disback_pipeline.evaluation.features import DomainClassifier
-from disback_pipeline.evaluation.quality import FeatureSpec, reference_statistics
+from disback_pipeline.evaluation.features import DomainClassifier, FeatureSpec
+from disback_pipeline.evaluation.quality import reference_statistics
 from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 
 UNET = {"backbone": "unet", "sigma_data": 0.5, "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,

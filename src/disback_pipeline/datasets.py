@@ -21,8 +21,7 @@ from .diffusion.checkpoint import (
     save_checkpoint,
 )
 from .diffusion.path import DegradationPath, load_path, save_path
-from .evaluation.features import DomainClassifier
-from .evaluation.quality import FeatureSpec
+from .evaluation.features import DomainClassifier, FeatureSpec
 
 
 class _LocalFileDataset(AbstractDataset):

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .datasets import FeatureExtractorDataset, NpzDataset
     from .diffusion.checkpoint import CheckpointError
-    from .evaluation.quality import FeatureSpec, fid_against
+    from .evaluation.features import FeatureSpec
+    from .evaluation.quality import fid_against
     from .evaluation.samples import read_images
 
     try:

@@ -167,7 +167,7 @@ class ResumeRun:
         self._written = False
         self._interrupted = False
         self._saved_handlers: dict[int, object] = {}
-        atexit.register(self._end_killed)
+        self._at_exit = False
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -188,6 +188,11 @@ class ResumeRun:
                          run_id)
                 os.environ["MLFLOW_RUN_ID"] = run_id
         self._install_signals()
+        if not self._at_exit:  # registered after MLflow's own exit handler (which would end a child FINISHED),
+            import mlflow  # noqa: F401 - so that this one runs first
+
+            atexit.register(self._end_killed)
+            self._at_exit = True
 
     @hook_impl
     def before_node_run(self) -> None:

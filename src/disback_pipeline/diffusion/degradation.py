@@ -18,13 +18,14 @@ from . import distributed
 from .checkpoint import Checkpoint
 from .config import DegradationConfig
 from .data import DataSource
+from .divergence import Guard
+from .history import history_row
 from .losses import EDMLoss, lognormal_sigma
 from .path import DegradationPath, PathNode, Probe, candidate_steps, pick_by_distance, step_key
 from .sampling import draw_generator_batch
 from .state import StateStore
 from .teacher import check_teacher_fits
 from .training import (
-    Guard,
     StatusLine,
     autocast,
     frozen,
@@ -121,9 +122,7 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
             if save or record or status.due(step):
                 guard.check()  # where values are read anyway, and before every state
             if record:
-                rec = {"iteration": step, "wall_clock_s": time.perf_counter() - start, "stage": "degradation",
-                       "target": "-", "switch_reason": "", "loss_generator": float("nan"),
-                       "loss_fake_score": loss.item(), "score_mismatch": float("nan")}
+                rec = history_row(step, time.perf_counter() - start, "degradation", loss_fake_score=loss.item())
                 history.append(rec)
                 if on_record is not None:
                     on_record(rec)

@@ -20,6 +20,8 @@ from . import distributed
 from .checkpoint import Checkpoint
 from .config import DistillConfig, from_dict
 from .data import DataSource
+from .divergence import Guard
+from .history import history_row
 from .losses import AdversarialTerm, EDMLoss
 from .path import DegradationPath
 from .sampling import draw_generator_batch
@@ -41,7 +43,6 @@ from .state import StateStore
 from .teacher import check_teacher_fits
 from .training import (
     EMA,
-    Guard,
     StatusLine,
     autocast,
     frozen,
@@ -215,9 +216,8 @@ class _Loop:
         loss_f = loss_f.item() if read else float("nan")
         self.walk.observe(mismatch)
         if record_due:
-            rec = {"iteration": it, "wall_clock_s": run.clock.now(), "stage": "backtracking", "target": run.key,
-                   "switch_reason": switch[1] if switch is not None else "", "loss_generator": loss_g.item(),
-                   "loss_fake_score": loss_f, "score_mismatch": mismatch,
+            rec = {**history_row(it, run.clock.now(), "backtracking", run.key, switch[1] if switch is not None else "",
+                                 loss_g.item(), loss_f, mismatch),
                    **(evaluate(run, it, self.nets.ema.net, self.cb, cfg.keep) if eval_due else {})}
             run.history.append(rec)
             if self.cb.on_record is not None:

@@ -34,6 +34,7 @@ import torch
 
 from . import distributed
 from .checkpoint import atomic_torch_save
+from .divergence import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -259,27 +260,3 @@ class StateStore:
         for old in self.files()[self.keep:]:
             old.unlink(missing_ok=True)
         return file
-
-
-class DivergenceError(RuntimeError):
-    """A loss, gradient norm or weight became NaN or infinite."""
-
-    def __init__(self, stage: str, iteration: int, what: str, value: float):
-        self.stage, self.iteration, self.what, self.value = stage, iteration, what, value
-        super().__init__(
-            f"{stage} diverged at iteration {iteration}: the {what} is {value}. Nothing was written after the "
-            "last good training state, and earlier outputs are untouched. Lower the learning rate (or set "
-            "grad_clip) and re-run: with checkpointing.resume = auto the stage continues from that state."
-        )
-
-    def __reduce__(self):  # travels from a data-parallel rank to the launching process as itself
-        return type(self), (self.stage, self.iteration, self.what, self.value)
-
-
-def check_finite(stage: str, iteration: int, modules: Iterable[torch.nn.Module]) -> None:
-    """Raise :class:`DivergenceError` naming the first parameter that holds a NaN or infinity."""
-    for net in modules:
-        for name, p in net.named_parameters():
-            if not bool(torch.isfinite(p).all()):
-                bad = p.detach()[~torch.isfinite(p.detach())].flatten()[0].item()
-                raise DivergenceError(stage, iteration, f"weight {name}", bad)

@@ -13,11 +13,11 @@ from .backbones import build_network
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainingConfig, from_dict
 from .data import BatchStream, DataSource
+from .divergence import Guard
 from .losses import EDMLoss
 from .state import StateStore
 from .training import (
     EMA,
-    Guard,
     StatusLine,
     StepCallback,
     lr_lambda,

@@ -1,6 +1,7 @@
 """Training helpers shared by the three loops: device choice, autocast, EMA, Adam, the learning-rate
-schedule, the divergence guard, the one optimiser step and the status line. The loops themselves are in
-:mod:`.teacher` (DSM pre-training), :mod:`.degradation` (stage 1) and :mod:`.disback` (stage 2)."""
+schedule, the one optimiser step (checked by :mod:`.divergence`'s guard) and the status line. The loops
+themselves are in :mod:`.teacher` (DSM pre-training), :mod:`.degradation` (stage 1) and :mod:`.disback`
+(stage 2)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .state import DivergenceError
+from .divergence import Guard
 
 log = logging.getLogger(__name__)
 
@@ -116,62 +117,6 @@ def lr_lambda(schedule: str, steps: int, warmup_steps: int = 0) -> Callable[[int
 
 
 StepCallback = Callable[[int, dict], None]
-
-# Columns of every stage's history table (stage 1 and stage 2 share one table).
-HISTORY_COLUMNS = ["iteration", "wall_clock_s", "stage", "target", "switch_reason", "loss_generator",
-                   "loss_fake_score", "score_mismatch"]
-
-
-class Guard:
-    """The divergence guard of one loop: a non-finite loss or gradient norm stops training with
-    :class:`DivergenceError` naming the stage, the iteration, the quantity and its value.
-
-    Immediate (the default, and on the CPU): each step's check is read at once, before the weights change.
-    Deferred (``defer=True``, the loops' choice on CUDA): reading a flag every step would make the host wait
-    for the device every step, so each step's flag stays on the device, a bad step's gradients are zeroed on
-    the device (the update cannot put a NaN into the weights), and :meth:`check` reads all pending flags at
-    once: the loops call it where they read values anyway (records, status lines) and before every training
-    state is written, so no state is ever written after a bad step and the error still names the first one.
-    """
-
-    def __init__(self, stage: str, defer: bool = False):
-        self.stage, self.defer, self.iteration = stage, bool(defer), 0
-        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    @classmethod
-    def for_device(cls, stage: str, device) -> Guard:
-        """Deferred on CUDA (no per-step synchronisation), immediate elsewhere."""
-        return cls(stage, defer=torch.device(device).type == "cuda")
-
-    def at(self, iteration: int) -> Guard:
-        self.iteration = int(iteration)
-        return self
-
-    def observe(self, loss: torch.Tensor, norm: torch.Tensor, grads: list[torch.Tensor]) -> None:
-        ok = torch.isfinite(loss) & torch.isfinite(norm)
-        if not self.defer:
-            if not bool(ok):
-                self._raise(self.iteration, loss, norm)
-            return
-        self._pending.append((self.iteration, ok, loss, norm))
-        for g in grads:  # on the device: a bad step's update is zero (Adam's moments still decay)
-            g.nan_to_num_(0.0, 0.0, 0.0).mul_(ok)
-
-    def check(self) -> None:
-        """Read the pending flags (one host synchronisation); raise for the first bad step."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        oks = torch.stack([ok for _, ok, _, _ in pending]).cpu()
-        if bool(oks.all()):
-            return
-        iteration, _, loss, norm = pending[int((~oks).nonzero()[0])]
-        self._raise(iteration, loss, norm)
-
-    def _raise(self, iteration: int, loss: torch.Tensor, norm: torch.Tensor):
-        bad_loss = not bool(torch.isfinite(loss))
-        raise DivergenceError(self.stage, iteration, "loss" if bad_loss else "gradient norm",
-                              float(loss if bad_loss else norm))
 
 
 def train_step(opt: torch.optim.Optimizer, compute_loss: Callable[..., Any], *args, device: torch.device,

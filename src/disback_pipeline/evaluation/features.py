@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +149,35 @@ def inception_extractor(path: str | Path | None, mode: str = "clean", device: st
         return torch.cat(feats).numpy()
 
     return extract
+
+
+@dataclass
+class FeatureSpec:
+    """What turns images into features: ``domain`` (with its trained net),
+    ``inception`` (local file + mode) or ``none`` (2-D data: the points themselves)."""
+
+    kind: str
+    net: DomainClassifier | None = None
+    config: dict[str, Any] | None = None
+    test_accuracy: float | None = None
+    inception_path: str | None = None
+    mode: str = "clean"
+    _inception: Any = field(default=None, repr=False, compare=False)
+
+    def extract(self, images: torch.Tensor) -> np.ndarray:
+        if self.kind == "domain":
+            return domain_features(self.net, images)
+        if self.kind == "inception":
+            if self._inception is None:  # load the torchscript once, not at every evaluation
+                self._inception = inception_extractor(self.inception_path, self.mode)
+            return self._inception(images)
+        if self.kind == "none":
+            return images.detach().double().cpu().numpy()
+        raise ValueError(f"unknown feature extractor {self.kind!r}; choose domain or inception")
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    def __getstate__(self):  # travels to data-parallel ranks without the loaded TorchScript (reloaded there)
+        return {**self.__dict__, "_inception": None}

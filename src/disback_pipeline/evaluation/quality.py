@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,41 +19,8 @@ from ..diffusion.config import EvaluationConfig, SamplerConfig
 from ..diffusion.data import DataSource, GaussianMixture2D
 from ..diffusion.sampling import heun_sampler, latents, one_step_generate
 from ..diffusion.training import select_device
-from .features import DomainClassifier, domain_features, inception_extractor
+from .features import FeatureSpec
 from .metrics import gmm_metrics
-
-
-@dataclass
-class FeatureSpec:
-    """What turns images into features: ``domain`` (with its trained net),
-    ``inception`` (local file + mode) or ``none`` (2-D data: the points themselves)."""
-
-    kind: str
-    net: DomainClassifier | None = None
-    config: dict[str, Any] | None = None
-    test_accuracy: float | None = None
-    inception_path: str | None = None
-    mode: str = "clean"
-    _inception: Any = field(default=None, repr=False, compare=False)
-
-    def extract(self, images: torch.Tensor) -> np.ndarray:
-        if self.kind == "domain":
-            return domain_features(self.net, images)
-        if self.kind == "inception":
-            if self._inception is None:  # load the torchscript once, not at every evaluation
-                self._inception = inception_extractor(self.inception_path, self.mode)
-            return self._inception(images)
-        if self.kind == "none":
-            return images.detach().double().cpu().numpy()
-        raise ValueError(f"unknown feature extractor {self.kind!r}; choose domain or inception")
-
-    @property
-    def label(self) -> str:
-        return self.kind
-
-    def __getstate__(self):  # travels to data-parallel ranks without the loaded TorchScript (reloaded there)
-        return {**self.__dict__, "_inception": None}
-
 
 CHUNK = 500  # rows per step of the moment sums (the reference images stream through in batches of this size)
 

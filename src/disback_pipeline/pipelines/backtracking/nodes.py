@@ -11,10 +11,11 @@ from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.config import DistillConfig, DistributedConfig, SharedConfig
 from ...diffusion.disback import Callbacks, distill
 from ...diffusion.distributed import run as ranks_run
+from ...diffusion.history import run_history
 from ...diffusion.path import DegradationPath
 from ...diffusion.state import state_dict_sha256, weights_sha256
-from ...diffusion.training import HISTORY_COLUMNS
-from ...evaluation.quality import FeatureSpec, headline_metric, quality, sample_generator
+from ...evaluation.features import FeatureSpec
+from ...evaluation.quality import headline_metric, quality, sample_generator
 from ...parameters import Data, as_data, distill_config, typed
 from ...reporting import switch_grid_figure
 from ...resume import state_store
@@ -116,11 +117,7 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     return result.generator, result.generator_ema, pd.DataFrame(result.history), figure
 
 
-def combine_history(degradation_history: pd.DataFrame, stage2_history: pd.DataFrame,
-                    shared: SharedConfig) -> pd.DataFrame:
+def combine_history(degradation_history: pd.DataFrame, stage2_history: pd.DataFrame, shared) -> pd.DataFrame:
     """The run's training history: stage-1 rows first (DisBack only; stage-2 wall-clock continues after
-    stage 1's), then stage 2's, in HISTORY_COLUMNS order."""
-    enabled = typed(shared, SharedConfig, "shared").enabled
-    stage1_rows = degradation_history if enabled else degradation_history.iloc[0:0]
-    history = pd.concat([stage1_rows, stage2_history], ignore_index=True)
-    return history[HISTORY_COLUMNS + [c for c in history.columns if c not in HISTORY_COLUMNS]]
+    stage 1's), then stage 2's."""
+    return run_history(degradation_history, stage2_history, typed(shared, SharedConfig, "shared").enabled)

@@ -10,9 +10,9 @@ from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.config import DegradationConfig, DistributedConfig, SharedConfig
 from ...diffusion.degradation import record_degradation
 from ...diffusion.distributed import run as ranks_run
+from ...diffusion.history import HISTORY_COLUMNS
 from ...diffusion.path import DegradationPath
 from ...diffusion.state import weights_sha256
-from ...diffusion.training import HISTORY_COLUMNS
 from ...parameters import Data, as_data, typed
 from ...resume import state_store
 from ...tracking import MetricBuffer, log_metrics

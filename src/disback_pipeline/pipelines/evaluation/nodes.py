@@ -10,7 +10,8 @@ from ...diffusion.checkpoint import Checkpoint
 from ...diffusion.config import EvaluationConfig, SharedConfig
 from ...diffusion.state import weights_sha256
 from ...diffusion.teacher import check_teacher_fits
-from ...evaluation.quality import FeatureSpec, teacher_vs_student
+from ...evaluation.features import FeatureSpec
+from ...evaluation.quality import teacher_vs_student
 from ...parameters import Data, as_data, typed
 from ...reporting import curves_figure, samples_figure
 from ...tracking import log_metrics

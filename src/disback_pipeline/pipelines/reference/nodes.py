@@ -8,8 +8,8 @@ import torch
 
 from ...diffusion.config import EvaluationConfig
 from ...diffusion.data import GaussianMixture2D, iterate
-from ...evaluation.features import inception_extractor, train_domain_classifier
-from ...evaluation.quality import CHUNK, FeatureSpec, Moments, reference_statistics
+from ...evaluation.features import FeatureSpec, inception_extractor, train_domain_classifier
+from ...evaluation.quality import CHUNK, Moments, reference_statistics
 from ...parameters import Data, as_data, typed
 from ...tracking import log_metrics
 
