@@ -47,17 +47,18 @@ def _nll(source, net, s_init):
 @pytest.mark.parametrize("enabled", [True, False])
 def test_short_run_improves_nll_widely(toy2d, loss, enabled):
     source, teacher = toy2d
-    cfg = {**_conf("backtracking"), "loss": loss, "budget": 400, "k2": 25, "batch_size": 128,
-           "lr_generator": 5e-4, "lr_fake": 5e-4, "log_every": 0, "eval_every": 0, "device": "cpu"}
+    s_init = _conf("shared")["s_init"]
+    cfg = {**_conf("backtracking"), "s_init": s_init, "enabled": enabled, "loss": loss, "budget": 400, "k2": 25,
+           "batch_size": 128, "lr_generator": 5e-4, "lr_fake": 5e-4, "log_every": 0, "eval_every": 0, "device": "cpu"}
     path = None
     if enabled:
         deg = _conf("degradation")
         deg = DegradationConfig(k1=100, n_nodes=deg["n_nodes"], lr=deg["lr"], batch_size=128, seed=0,
                                 spacing=deg["spacing"], candidates=20, probe_size=256, log_every=0, device="cpu")
-        path, _ = record_degradation(teacher, source, deg, cfg["s_init"])
-    initial_nll, _ = _nll(source, teacher.net, cfg["s_init"])
+        path, _ = record_degradation(teacher, source, deg, s_init)
+    initial_nll, _ = _nll(source, teacher.net, s_init)
     result = distill(teacher, source, path, cfg)
-    final_nll, _ = _nll(source, result.generator_ema.net, cfg["s_init"])
+    final_nll, _ = _nll(source, result.generator_ema.net, s_init)
     assert initial_nll > 50  # the initial generator collapses to the centre of the ring (about 62 at s_init 1)
     # 400 iterations at least halve the NLL for every method (measured at s_init 1: 62 -> 8.0 di, 12.7 / 22.7
     # dmd without / with backtracking; full runs: benchmarks/RESULTS.md)
