@@ -6,6 +6,9 @@ KEDRO  := $(VENV)/bin/kedro
 PIPELINE ?= __default__
 ENV    ?= base
 KEDRO_ARGS ?=
+# the suite's files run in parallel, one worker process per core (pytest-xdist; a file's tests stay together so
+# its module fixtures are built once); PYTEST_WORKERS=0 runs them in this process, in file order
+PYTEST_WORKERS ?= 2
 
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := true
@@ -26,7 +29,7 @@ run: install
 	$(KEDRO) run --pipelines=$(PIPELINE) --env=$(ENV) $(KEDRO_ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

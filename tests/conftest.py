@@ -19,6 +19,12 @@ for _k, _v in {"KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
 
 ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the files in parallel worker processes (pytest-xdist), one per core: each worker and the
+    # processes its tests start compute on one thread, so the workers do not contend for the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 class ProjectCopy:
     """A copy of conf/ and pyproject.toml in a temporary folder, run from there."""

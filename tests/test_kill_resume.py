@@ -140,20 +140,24 @@ def _runs(repo: Path, env: dict):
     return client, client.search_runs([exp.experiment_id])
 
 
-@pytest.mark.parametrize("folder, after", [("teacher", 60), ("degradation", 40), ("backtracking", 40)],
-                         ids=["teacher", "stage1", "stage2"])
-def test_sigkill_then_same_command_ends_as_the_uninterrupted_run(tmp_path, uninterrupted, folder, after):
+def test_sigkill_in_each_stage_then_the_same_command_ends_as_the_uninterrupted_run(tmp_path, uninterrupted):
+    """One project killed three times: in the teacher, then (the same command again) in stage 1, then in stage 2;
+    the same command once more finishes the run."""
     repo = tmp_path / "project"
     env = _copy(repo)
-    code, _, restored = _run_and_stop(repo, env, folder, after)
-    assert code == -signal.SIGKILL and restored >= after
+    restored = {}
+    for folder, after in (("teacher", 60), ("degradation", 40), ("backtracking", 40)):
+        code, _, restored[folder] = _run_and_stop(repo, env, folder, after)
+        assert code == -signal.SIGKILL and restored[folder] >= after
+        # the stages before the killed one finished, each resumed once after its own kill
+        for done in list(TOTALS)[:list(TOTALS).index(folder)]:
+            newest = torch.load(sorted((repo / STATES / done).glob("state-*.pt"))[-1], weights_only=True)
+            assert newest["complete"] and (newest["resumed_from"], newest["trained"]) == \
+                (restored[done], TOTALS[done] - restored[done]), done
     _run(repo, env)
     _compare(repo, uninterrupted)
-    # the killed stage trained only what its state lacked; the stages before it were reused, those after it
-    # trained once
-    assert _trained(repo)[folder] == (restored, TOTALS[folder] - restored)
-    assert {s: t for s, t in _trained(repo).items() if s != folder} == \
-        {s: (0, n) for s, n in TOTALS.items() if s != folder}
+    # each killed stage trained, after its kill, only the iterations its newest state lacked
+    assert _trained(repo) == {s: (restored[s], TOTALS[s] - restored[s]) for s in TOTALS}
     client, runs = _runs(repo, env)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the killed run was continued, not replaced
     run_id = runs[0].info.run_id
