@@ -19,11 +19,24 @@ for _k, _v in {"KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# the longest files (a minute or more each on a 2-core machine): in parallel runs they start first, so that no
+# worker is left with one of them after the others have finished
+LONGEST_FIRST = ("test_tooling.py", "test_kill_resume.py", "test_distributed.py", "test_streaming.py",
+                 "test_toy2d_methods.py", "test_resume.py")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs the files in parallel worker processes (pytest-xdist), one per core: each worker and the
     # processes its tests start compute on one thread, so the workers do not contend for the cores
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """In a parallel run, the longest files first (the scheduler hands out files in collection order); a run in
+    one process keeps the order it was given (`pytest $(ls tests/test_*.py | sort -r)` runs in reverse)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 class ProjectCopy:
