@@ -1,13 +1,15 @@
-"""Teacher budget: the digits teacher's domain-FID against its training FLOPs.
+"""Teacher budget: a teacher's domain-FID against its training FLOPs (digits, or another environment's images).
 
     python benchmarks/teacher_budget.py --set steps=1500 --set ema_rampup=0.05 --out .bench/teacher_budget
     python benchmarks/teacher_budget.py --report .bench/teacher_budget --md benchmarks/TEACHER_BUDGET.md
+    python benchmarks/teacher_budget.py --env crops16 --set steps=2000 --out benchmarks/crops16/teacher
 
-One call trains one teacher (conf/base's network and training settings, with ``--set`` overrides of
+One call trains one teacher (the environment's network and training settings, with ``--set`` overrides of
 ``teacher.training`` or ``teacher.network.unet``) and appends a row to ``<out>/rows.jsonl``: settings,
 GFLOP per step (``torch.utils.flop_counter``, forward and backward), training seconds, and the domain-FID of
-``evaluation.n_samples`` Heun samples at the evaluation's seed, the number the default run reports. Calls are
-independent, so lanes can run side by side; ``--report`` tabulates every row.
+``evaluation.n_samples`` Heun samples at the evaluation's seed, the number the default run reports (against
+``evaluation.reference_path``'s images when the environment names a held-out folder). Calls are independent,
+so lanes can run side by side; ``--report`` tabulates every row.
 
 Runs on the core package directly (no Kedro, no MLflow).
 """
@@ -34,7 +36,7 @@ from step_cost import count_flops, teacher_step  # noqa: E402
 from disback_pipeline.diffusion.config import SamplerConfig, from_dict, soft_merge  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
-from disback_pipeline.evaluation.quality import quality, sample_teacher  # noqa: E402
+from disback_pipeline.evaluation.quality import quality, reference_statistics, sample_teacher  # noqa: E402
 
 UNET_KEYS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
 
@@ -52,7 +54,7 @@ def parse_sets(items: list[str]) -> tuple[dict, dict]:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    p = env_params("base")
+    p = env_params(args.env)
     training_set, unet_set = parse_sets(args.set)
     network = soft_merge(p["teacher"]["network"], {"unet": unet_set})
     training = {**p["teacher"]["training"], **training_set, "log_every": 0, "checkpoint_every": 0}
@@ -63,13 +65,17 @@ def run(args) -> dict:
     train_s = time.perf_counter() - t0
     cache = Path(args.domain_cache) if args.domain_cache else None
     features, reference = domain_features(source, p, cache)
+    if p["evaluation"].get("reference_path"):  # held-out images of the same kind, as the reference pipeline reads
+        heldout = make_data_source({**p["data"], "path": p["evaluation"]["reference_path"]})
+        reference = reference_statistics(features.extract(heldout.images))
     n = int(p["evaluation"]["n_samples"])
     x, _ = sample_teacher(teacher.net, source, n, int(p["evaluation"]["seed"]),
                           from_dict(SamplerConfig, p["shared"]["sampler"]))
     fid = float(quality(x, source, features, reference)["fid"])
     steps = int(training["steps"])
-    return {"settings": {**training_set, **unet_set}, "steps": steps, "batch_size": int(training["batch_size"]),
-            "seed": args.seed, "gflop_per_step": flops / 1e9, "tflop": flops * steps / 1e12,
+    return {"env": args.env, "settings": {**training_set, **unet_set}, "steps": steps,
+            "batch_size": int(training["batch_size"]), "seed": args.seed, "gflop_per_step": flops / 1e9,
+            "tflop": flops * steps / 1e12,
             "train_s": round(train_s, 1), "fid": round(fid, 3), "n_samples": n, "threads": args.threads,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
 
@@ -77,7 +83,7 @@ def run(args) -> dict:
 def report(folder: Path, md: Path) -> None:
     rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: (r["tflop"], r["fid"]))
-    lines = ["| settings (over conf/base) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID |",
+    lines = ["| settings (over the environment) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "conf/base"
@@ -91,6 +97,7 @@ def report(folder: Path, md: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", action="append", default=[], help="teacher.training or unet key=value (repeatable)")
+    ap.add_argument("--env", default="base", help="the Kedro environment whose data, network and training it takes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=".bench/teacher_budget", help="folder of rows.jsonl")

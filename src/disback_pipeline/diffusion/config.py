@@ -419,6 +419,8 @@ class EvaluationConfig:
     inception_mode: Literal["clean", "legacy_tensorflow"] = "clean"  # clean-fid's mode
     domain: DomainConfig = field(default_factory=DomainConfig)  # the offline classifier
     reference_samples: int = 0        # real samples for the reference statistics (count; 0 = the whole set)
+    reference_path: str | None = None  # image folder of held-out images for the reference statistics (null =
+                                       # the training data), read at data.resolution and data.channels
     n_samples: int = 2000             # samples per model for the final metrics (count)
     batch_size: int = 2000            # samples per sampling batch, teacher and student alike (count)
     device: Device = "auto"           # where the final samples are drawn
