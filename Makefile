@@ -7,7 +7,8 @@ PIPELINE ?= __default__
 ENV    ?= base
 KEDRO_ARGS ?=
 # the suite's files run in parallel, one worker process per core (pytest-xdist; a file's tests stay together so
-# its module fixtures are built once); PYTEST_WORKERS=0 runs them in this process, in file order
+# its module fixtures are built once; files start in collection order, where tests/conftest.py puts the longest
+# first); PYTEST_WORKERS=0 runs them in this process, in file order
 PYTEST_WORKERS ?= 2
 
 export KEDRO_DISABLE_TELEMETRY := 1
@@ -29,7 +30,7 @@ run: install
 	$(KEDRO) run --pipelines=$(PIPELINE) --env=$(ENV) $(KEDRO_ARGS)
 
 test: install
-	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
