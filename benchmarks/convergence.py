@@ -57,6 +57,7 @@ from disback_pipeline.evaluation.quality import (  # noqa: E402
     sample_generator,
     sample_teacher,
 )
+from disback_pipeline.pipelines.reference.nodes import build_reference_stats  # noqa: E402
 
 log = logging.getLogger("benchmarks.convergence")
 
@@ -78,11 +79,12 @@ DATASETS = {
     "ring": ("toy2d", {}),
     "grid": ("toy2d", {"layout": "grid", "size": 5, "spacing": 0.5, "std": 0.05}),
     "digits": ("base", {}),
+    "crops16": ("crops16", {}),  # python -m disback_pipeline.crops data/01_raw/crops16 first
 }
 
 
 def domain_classifier(source, steps: int, teacher_cache: Path | None) -> TrainedExtractor:
-    """The digits feature extractor (seed 0), kept beside the cached teacher so parallel runs train it once."""
+    """The domain feature extractor (seed 0), kept beside the cached teacher so parallel runs train it once."""
     cache = teacher_cache.with_name(teacher_cache.name.replace("_teacher", "_domain")) if teacher_cache else None
     if cache is not None and cache.is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)
@@ -97,11 +99,12 @@ def domain_classifier(source, steps: int, teacher_cache: Path | None) -> Trained
 
 
 def domain_features(source, p: dict, teacher_cache: Path | None) -> tuple[FeatureSpec, dict]:
-    """The digits domain-FID extractor (kept beside ``teacher_cache``, see :func:`domain_classifier`) and the
-    real data's reference statistics under it."""
+    """The domain-FID extractor (kept beside ``teacher_cache``, see :func:`domain_classifier`) and the reference
+    statistics under it, as the reference pipeline computes them (streamed; ``evaluation.reference_path``'s
+    held-out images when the environment names a folder)."""
     trained = domain_classifier(source, int(p["evaluation"]["domain"]["steps"]), teacher_cache)
     features = FeatureSpec("domain", trained.net, trained.config, trained.test_accuracy)
-    return features, reference_statistics(features.extract(source.images))
+    return features, build_reference_stats(features, p["data"], p["evaluation"])
 
 
 def setup(name: str, args) -> dict:
@@ -126,7 +129,7 @@ def setup(name: str, args) -> dict:
             teacher.metadata["train_seconds"] = teacher_s
             save_checkpoint(teacher, cache)
     teacher.net.to(device)  # the teacher samples and serves as target on the runs' device
-    if name == "digits":
+    if name in ("digits", "crops16"):
         features, reference = domain_features(source, p, cache)
         metric = "fid"
     else:

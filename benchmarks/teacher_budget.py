@@ -36,7 +36,7 @@ from step_cost import count_flops, teacher_step  # noqa: E402
 from disback_pipeline.diffusion.config import SamplerConfig, from_dict, soft_merge  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
-from disback_pipeline.evaluation.quality import quality, reference_statistics, sample_teacher  # noqa: E402
+from disback_pipeline.evaluation.quality import quality, sample_teacher  # noqa: E402
 
 UNET_KEYS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
 
@@ -65,9 +65,6 @@ def run(args) -> dict:
     train_s = time.perf_counter() - t0
     cache = Path(args.domain_cache) if args.domain_cache else None
     features, reference = domain_features(source, p, cache)
-    if p["evaluation"].get("reference_path"):  # held-out images of the same kind, as the reference pipeline reads
-        heldout = make_data_source({**p["data"], "path": p["evaluation"]["reference_path"]})
-        reference = reference_statistics(features.extract(heldout.images))
     n = int(p["evaluation"]["n_samples"])
     x, _ = sample_teacher(teacher.net, source, n, int(p["evaluation"]["seed"]),
                           from_dict(SamplerConfig, p["shared"]["sampler"]))
