@@ -89,7 +89,7 @@ def evaluation_rows(p: dict, source, teacher_net, repeats: int) -> list[tuple]:
         dom = DomainClassifier(source.shape[0], source.num_classes)
         dom_opt = torch.optim.Adam(dom.parameters(), lr=float(p["evaluation"]["domain"]["lr"]))
         db_ = int(p["evaluation"]["domain"]["batch_size"])
-        xd, yd = source.images[:db_], source.labels[:db_]
+        xd, yd = source.take(torch.arange(db_))[0], source.labels[:db_]  # take(): streamed folders too
 
         def dom_step():
             loss = torch.nn.functional.cross_entropy(dom(xd), yd)
