@@ -73,3 +73,28 @@ def test_reference_statistics_come_from_the_held_out_folder(tmp_path):
     np.testing.assert_allclose(held["mu"], mu, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="reference_path is for image folders, and data.source is digits"):
         build_reference_stats(features, {"source": "digits"}, {"reference_path": str(tmp_path / "heldout")})
+
+
+@pytest.mark.slow
+def test_crops16_environment_runs_distill_against_its_held_out_crops(project):
+    """The crops16 environment as shipped (its data made by the crops command, tiny budgets): the whole distill
+    pipeline runs, and every FID is against the held-out crops' statistics, not the training crops'."""
+    write_crops(project.path / "data/01_raw/crops16", 16, train=12, heldout=5)
+    project.edit("crops16", "parameters_teacher", teacher__network__unet__model_channels=8,
+                 teacher__training__steps=4, teacher__training__batch_size=8, teacher__report__num_samples=4)
+    project.edit("crops16", "parameters_shared", shared__sampler__nfe=3)
+    project.edit("crops16", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
+                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
+    project.edit("crops16", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
+                 backtracking__batch_size=4, backtracking__eval_every=2, backtracking__proxy_samples=20)
+    project.edit("crops16", "parameters_evaluation", evaluation__domain__steps=10, evaluation__domain__batch_size=16,
+                 evaluation__n_samples=40, evaluation__grid_samples=4, evaluation__batch_size=40)
+    project.edit("crops16", "parameters_data", data__workers=0)
+    project.run("distill", env="crops16")
+    root = project.path / "data/crops16"
+    reference = np.load(root / "05_model_input/reference_stats.npz")
+    assert int(reference["n"]) == 10 * 5  # the held-out crops
+    metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    for role in ("teacher", "student"):
+        assert metrics[role]["reference_hash"] == str(reference["hash"]) and np.isfinite(metrics[role]["fid"])
+    assert (root / "06_models/generator_ema.pt").is_file() and (root / "08_reporting/student_grid.png").is_file()
