@@ -40,7 +40,7 @@ from disback_pipeline.diffusion.config import (  # noqa: E402
     from_dict,
     soft_merge,
 )
-from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
+from disback_pipeline.diffusion.data import GaussianMixture2D, make_data_source  # noqa: E402
 from disback_pipeline.diffusion.degradation import record_degradation  # noqa: E402
 from disback_pipeline.diffusion.disback import Callbacks, distill  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
@@ -129,7 +129,7 @@ def setup(name: str, args) -> dict:
             teacher.metadata["train_seconds"] = teacher_s
             save_checkpoint(teacher, cache)
     teacher.net.to(device)  # the teacher samples and serves as target on the runs' device
-    if name in ("digits", "crops16"):
+    if not isinstance(source, GaussianMixture2D):  # images: domain-FID
         features, reference = domain_features(source, p, cache)
         metric = "fid"
     else:

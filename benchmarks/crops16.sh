@@ -27,6 +27,7 @@ case "${1:-tune}" in
         >>"$OUT/tune_lr${lr}_r${r}.log" 2>&1
     done ;;
   seeds)
+    [ $# -ge 2 ] || { echo "usage: $0 seeds METHOD:'--set k=v ...' (METHOD: baseline | fixed)" >&2; exit 2; }
     IFS=: read -r method sets <<<"$2"
     # shellcheck disable=SC2086
     "$PY" benchmarks/longrun.py "${RUN[@]}" --methods "$method" --seeds 3 --out "$OUT/seeds_$method" $sets \

@@ -83,7 +83,7 @@ def report(folder: Path, md: Path) -> None:
     lines = ["| settings (over the environment) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "conf/base"
+        sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or f"conf/{r.get('env', 'base')}"
         lines.append(f"| {sets} | {r['steps']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['tflop']:.1f} "
                      f"| {r['train_s']:.0f} | {r['seed']} | {r['fid']:.2f} |")
     text = md.read_text() if md.is_file() else ""

@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 from disback_pipeline.crops import PHOTOS, main, photo_path, write_crops
+from disback_pipeline.diffusion.config import ConfigError
 from disback_pipeline.diffusion.data import make_data_source
 from disback_pipeline.evaluation.features import DomainClassifier, FeatureSpec
+from disback_pipeline.parameters import build
 from disback_pipeline.pipelines.reference.nodes import build_reference_stats
 
 
@@ -73,6 +75,9 @@ def test_reference_statistics_come_from_the_held_out_folder(tmp_path):
     np.testing.assert_allclose(held["mu"], mu, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="reference_path is for image folders, and data.source is digits"):
         build_reference_stats(features, {"source": "digits"}, {"reference_path": str(tmp_path / "heldout")})
+    # a run refuses the combination when its settings are built, before anything trains
+    with pytest.raises(ConfigError, match="reference_path is for image folders, and data.source is digits"):
+        build({"data": {"source": "digits"}, "evaluation": {"reference_path": str(tmp_path / "heldout")}})
 
 
 @pytest.mark.slow

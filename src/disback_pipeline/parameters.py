@@ -90,6 +90,21 @@ def distill_config(backtracking: DistillConfig | dict, shared: SharedConfig | di
                                s_init=shared.s_init)
 
 
+def reference_source(data: Data, evaluation: EvaluationConfig) -> DataSource:
+    """The real images the reference statistics describe: the training data, or the held-out folder
+    ``evaluation.reference_path`` (read at the data's resolution and channels)."""
+    check_reference_path(data.config, evaluation)
+    if evaluation.reference_path is None:
+        return data.source
+    return make_data_source(dataclasses.replace(data.config, path=evaluation.reference_path))
+
+
+def check_reference_path(data: DataConfig, evaluation: EvaluationConfig) -> None:
+    if evaluation.reference_path is not None and data.source != "image_folder":
+        raise ConfigError(f"evaluation.reference_path is for image folders, and data.source is {data.source}; "
+                          "set evaluation.reference_path to null")
+
+
 def build(params: dict[str, Any]) -> dict[str, Any]:
     """Every block present in ``params`` built, as ``{"params:<block>": object}``, the data block as a
     :class:`Data` and each compare arm as ``params:compare.<arm>`` (its overrides merged over ``shared``).
@@ -102,6 +117,8 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
         built[f"params:compare.{arm}"] = from_dict(SharedConfig, soft_merge(params.get("shared") or {},
                                                                             overrides or {}), f"compare.{arm}")
     stage2, evaluation = built.get("params:backtracking"), built.get("params:evaluation")
+    if evaluation is not None and "params:data" in built:
+        check_reference_path(built["params:data"].config, evaluation)
     if stage2 is not None and evaluation is not None and stage2.proxy_seed == evaluation.seed:
         raise ConfigError(f"backtracking.proxy_seed = evaluation.seed = {evaluation.seed}: the proxy evaluations "
                           "(which pick the kept generator under keep: best) must not see the final evaluation's "

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
 
 from ...diffusion.config import EvaluationConfig
-from ...diffusion.data import GaussianMixture2D, iterate, make_data_source
+from ...diffusion.data import GaussianMixture2D, iterate
 from ...evaluation.features import FeatureSpec, inception_extractor, train_domain_classifier
 from ...evaluation.quality import CHUNK, Moments, reference_statistics
-from ...parameters import Data, as_data, typed
+from ...parameters import Data, as_data, reference_source, typed
 from ...tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -35,14 +34,8 @@ def build_feature_extractor(data: Data, evaluation) -> FeatureSpec:
 def build_reference_stats(feature_extractor: FeatureSpec, data: Data, evaluation) -> dict:
     """Mean/covariance of the real data's features (2-D: of exact samples) and their hash; with
     ``evaluation.reference_path`` of that folder's images instead of the training data."""
-    data = as_data(data)
     cfg = typed(evaluation, EvaluationConfig, "evaluation")
-    source = data.source
-    if cfg.reference_path is not None:
-        if data.config.source != "image_folder":
-            raise ValueError(f"evaluation.reference_path is for image folders, and data.source is "
-                             f"{data.config.source}; set evaluation.reference_path to null")
-        source = make_data_source(dataclasses.replace(data.config, path=cfg.reference_path))
+    source = reference_source(as_data(data), cfg)
     n = cfg.reference_samples
     if isinstance(source, GaussianMixture2D):
         n = n or 10000  # exact samples: 0 (the whole set) has no meaning for a density
