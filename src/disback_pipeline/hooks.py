@@ -1,6 +1,7 @@
 """Project hooks: every stage's settings are built once when a run starts, before anything trains, and handed
 to the nodes; each compare arm gets its own training-state folder and MLflow child run; an interrupted run
-continues its MLflow run when started again, and a run stopped by Ctrl-C or SIGTERM ends as KILLED."""
+continues its MLflow run when started again, and a run stopped by Ctrl-C or SIGTERM ends as KILLED; the workers of
+other machines learn when the run ends."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from .diffusion.config import CheckpointingConfig, DistillConfig, SharedConfig
+from .diffusion.distributed import close_machines
 from .parameters import build, distill_config
 from .resume import RunLock, RunMarker, params_digest
 
@@ -144,6 +146,18 @@ def _child_of(run_id: str, parent: str) -> bool:
         return mlflow.MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId") == parent
     except Exception:  # deleted, or another store
         return False
+
+
+class OtherMachines:
+    """When a run that led several machines ends, tell their workers (FINISHED or FAILED) and stop listening."""
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        close_machines("FINISHED")
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        close_machines("FAILED")
 
 
 class ResumeRun:

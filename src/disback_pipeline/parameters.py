@@ -35,7 +35,7 @@ from .diffusion.config import (
     from_dict,
     soft_merge,
 )
-from .diffusion.data import DataSource, make_data_source
+from .diffusion.data import DataSource, SourceOnEachMachine, make_data_source
 
 BLOCKS = {"data": DataConfig, "shared": SharedConfig, "teacher": TeacherConfig, "degradation": DegradationConfig,
           "backtracking": DistillConfig, "evaluation": EvaluationConfig, "checkpointing": CheckpointingConfig,
@@ -65,6 +65,11 @@ class Data:
     @cached_property
     def sha256(self) -> str:
         return self.source.content_sha256()
+
+    def for_ranks(self, ranks: DistributedConfig) -> DataSource | SourceOnEachMachine:
+        """The source as the ranks get it: itself on one machine; on several, what each machine builds from its
+        own files and checks against this one's content."""
+        return self.source if ranks.machines is None else SourceOnEachMachine(self.config, self.sha256)
 
 
 def typed(value: Any, cls: type, where: str):

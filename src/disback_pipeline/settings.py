@@ -11,10 +11,10 @@ just what differs.
 
 from kedro.config import OmegaConfigLoader
 
-from disback_pipeline.hooks import ArmRuns, MarkExperiment, ResumeRun, Settings
+from disback_pipeline.hooks import ArmRuns, MarkExperiment, OtherMachines, ResumeRun, Settings
 
 _SETTINGS = Settings()
-HOOKS = (_SETTINGS, ArmRuns(_SETTINGS), MarkExperiment(), ResumeRun(_SETTINGS))
+HOOKS = (_SETTINGS, ArmRuns(_SETTINGS), MarkExperiment(), ResumeRun(_SETTINGS), OtherMachines())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .distributed import Machines
 from .schedule import AdaptiveRule
 
 
@@ -454,9 +455,32 @@ class DistributedConfig:
 
     nproc: int = 1                    # ranks (processes); 1 = one process, no torch.distributed (count)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA (one GPU a rank), gloo on the CPU
+    nnodes: int = 1                   # machines taking part, this one included; > 1: the others run the worker
+    endpoint: str | None = None       # HOST:PORT this machine listens on for the workers (nnodes > 1)
+    join_timeout_s: float = 600.0     # how long a stage waits for every machine to join (seconds)
+    heartbeat_timeout_s: float = 60.0  # a rank silent this long is lost and the stage stops (seconds)
 
     def __post_init__(self):
-        _at_least(self, 1, "nproc")
+        _at_least(self, 1, "nproc", "nnodes")
+        _positive(self, "join_timeout_s", "heartbeat_timeout_s")
+        if self.nnodes > 1:
+            host, _, port = (self.endpoint or "").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"endpoint must be HOST:PORT (an address of this machine the other machines "
+                                  f"reach, and a free port) when nnodes > 1, got {self.endpoint!r}; "
+                                  "e.g. --params distributed.endpoint=node001:29400")
+
+    @property
+    def one_process(self) -> bool:
+        """The stage runs in the calling process (callbacks reach it as they happen)."""
+        return self.nproc == 1 and self.nnodes == 1
+
+    @property
+    def machines(self) -> Machines | None:
+        """The other machines' part (None on one machine)."""
+        if self.nnodes == 1:
+            return None
+        return Machines(self.nnodes, str(self.endpoint), self.join_timeout_s, self.heartbeat_timeout_s)
 
 
 @dataclass(frozen=True)

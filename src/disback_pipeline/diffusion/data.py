@@ -15,6 +15,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -461,6 +462,26 @@ def load_torchvision(name: str, root: str | Path, resolution: int | None = None,
         raise DataSourceError(f"torchvision: {name} has {x.shape[1]} channels, expected {channels}")
     labels = torch.as_tensor(np.asarray(ds.targets))
     return UInt8Images(name, x, labels, 10, conditional)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOnEachMachine:
+    """The data source as it travels to the ranks of a stage on several machines: each machine builds it from its
+    own files (``data.path``) instead of receiving the images, and refuses content other than the primary's."""
+
+    config: Any        # the ``data`` block (a DataConfig or its dict)
+    sha256: str        # the primary's :meth:`DataSource.content_sha256`
+
+    def build_here(self) -> DataSource:
+        source = make_data_source(self.config)
+        here = source.content_sha256()
+        if here != self.sha256:
+            cfg = self.config if isinstance(self.config, dict) else dataclasses.asdict(self.config)
+            where = cfg.get("path") or cfg.get("root")
+            at = f"data.path {where!r} (here {Path(where).resolve()})" if where else f"data {cfg}"
+            raise DataSourceError(f"{at} holds other data than on the primary machine (content sha256 {here[:12]} "
+                                  f"here, {self.sha256[:12]} there); give every machine the same files there")
+        return source
 
 
 def make_data_source(cfg) -> DataSource:

@@ -9,6 +9,7 @@ Choosing which stage-1 snapshots become nodes (:func:`candidate_steps`,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -107,15 +108,26 @@ class DegradationPath:
         if node.state_dict is not None:
             load_state_strict(net, node.state_dict, f"degradation path node {key}")
             return
-        if node.file is None:
-            raise CheckpointError(f"degradation path node {key} has neither weights nor a file")
-        if node.sha256 and _sha256(node.file) != node.sha256:
-            raise CheckpointError(
-                f"{node.file}: sha256 differs from the manifest; the path folder was modified. "
-                "Re-run the degradation pipeline (or `dvc checkout`) to restore it."
-            )
-        payload = read_payload(node.file)
-        load_state_strict(net, payload["state_dict"], str(node.file))
+        load_state_strict(net, _read_node(node), str(node.file))
+
+    def in_memory(self) -> DegradationPath:
+        """The same path with every node's weights read (each file checked against its sha256 first): what
+        travels to other machines, which do not see this machine's files."""
+        nodes = [n if n.state_dict is not None else dataclasses.replace(n, state_dict=_read_node(n), file=None)
+                 for n in self.nodes]
+        return DegradationPath(self.config, nodes, dict(self.metadata))
+
+
+def _read_node(node: PathNode) -> dict[str, torch.Tensor]:
+    """A node's weights from its file, after checking the file against the manifest's sha256."""
+    if node.file is None:
+        raise CheckpointError(f"degradation path node {node.key} has neither weights nor a file")
+    if node.sha256 and _sha256(node.file) != node.sha256:
+        raise CheckpointError(
+            f"{node.file}: sha256 differs from the manifest; the path folder was modified. "
+            "Re-run the degradation pipeline (or `dvc checkout`) to restore it."
+        )
+    return read_payload(node.file)["state_dict"]
 
 
 def _sha256(path: Path) -> str:

@@ -161,12 +161,11 @@ class StateStore:
     def begin(self) -> dict[str, Any] | None:
         """The state to continue from, or None (and an emptied folder) when the stage starts afresh.
 
-        With several ranks, rank 0 decides first (and clears or sets aside what it must); the others then
-        read what it left, so every rank starts from the same state."""
-        writer = distributed.ranks().writer
-        state = self._begin() if writer else None
-        distributed.barrier()
-        state = state if writer else self._begin()
+        With several ranks, rank 0 decides (and clears or sets aside what it must) and hands the state to the
+        others, which need not see its files (other machines), so every rank starts from the same state."""
+        state = distributed.from_writer(self._begin)
+        if state is not None and not distributed.ranks().writer:
+            set_rng_state(state["rng"])  # as rank 0 did when it read the state
         self.resumed_from, self.trained = (int(state["iteration"]) if state is not None else 0), 0
         return state
 
@@ -232,6 +231,10 @@ class StateStore:
             atomic_torch_save(obj, self.folder / "blobs" / f"{name}.pt")
 
     def get_blob(self, name: str) -> Any:
+        """A piece written by :meth:`put_blob`, read by rank 0 and handed to every rank."""
+        return distributed.from_writer(lambda: self._read_blob(name))
+
+    def _read_blob(self, name: str) -> Any:
         file = self.folder / "blobs" / f"{name}.pt"
         try:
             return torch.load(file, map_location="cpu", weights_only=True)

@@ -97,14 +97,17 @@ def distill_generator(teacher_model: Checkpoint, degradation_path: DegradationPa
     ranks = typed(distributed or {}, DistributedConfig, "distributed")
     record = Recorder()
     # with several ranks, rank 0 evaluates and samples; its history comes back and is logged here
-    callbacks = Callbacks(record if ranks.nproc == 1 else None,
+    callbacks = Callbacks(record if ranks.one_process else None,
                           ProxyEvaluator(source, feature_extractor, reference_stats, cfg),
                           SwitchSampler(source, cfg.grid_samples if len(source.shape) > 1 else 2000, cfg.proxy_seed,
                                         cfg.s_init),
                           select_by=f"proxy_{headline_metric(source)}")
-    result = ranks_run(distill, teacher_model, source, path, cfg, time_offset=stage1, callbacks=callbacks,
-                       store=store, nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
-    for rec in result.history if ranks.nproc > 1 else ():
+    if ranks.machines is not None and path is not None:
+        path = path.in_memory()  # the other machines do not see this one's path folder
+    result = ranks_run(distill, teacher_model, data.for_ranks(ranks), path, cfg, time_offset=stage1,
+                       callbacks=callbacks, store=store, nproc=ranks.nproc, backend=ranks.backend,
+                       device=cfg.device, machines=ranks.machines)
+    for rec in () if ranks.one_process else result.history:
         record(rec)
     record.metrics.flush()
     log_dict(record.switches, "backtracking/switches.json")

@@ -43,10 +43,10 @@ def record_degradation_path(teacher_model: Checkpoint, data: Data, degradation, 
     def on_record(rec):
         metrics.log(rec["iteration"], {"dsm_loss": rec["loss_fake_score"]})
 
-    path, history = ranks_run(record_degradation, teacher_model, data.source, cfg, shared.s_init,
-                              on_record=on_record if ranks.nproc == 1 else None, store=store,
-                              nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
-    for rec in history if ranks.nproc > 1 else ():  # rank 0's history, logged here
+    path, history = ranks_run(record_degradation, teacher_model, data.for_ranks(ranks), cfg, shared.s_init,
+                              on_record=on_record if ranks.one_process else None, store=store,
+                              nproc=ranks.nproc, backend=ranks.backend, device=cfg.device, machines=ranks.machines)
+    for rec in () if ranks.one_process else history:  # rank 0's history, logged here
         on_record(rec)
     metrics.flush()
     log_metrics({"stage1_seconds": path.metadata["stage1_seconds"],

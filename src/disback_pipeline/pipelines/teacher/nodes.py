@@ -38,7 +38,6 @@ def train_or_load_teacher(data: Data, teacher, checkpointing=None,
         log.info("loaded teacher from %s (%s)", cfg.checkpoint_path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
     metrics = MetricBuffer(prefix="teacher/")
-    source = data.source
     store = state_store(checkpointing, "teacher", "teacher pre-training", cfg.training.checkpoint_every,
                         data=data.config, data_sha256=data.sha256, network=cfg.network,
                         training=cfg.training, seed=cfg.seed, bf16=cfg.bf16)
@@ -48,10 +47,10 @@ def train_or_load_teacher(data: Data, teacher, checkpointing=None,
 
     # with several ranks the history comes back with rank 0's result and is logged here (a callback that
     # writes to this process cannot travel to the ranks)
-    ckpt, history = ranks_run(pretrain_teacher, source, cfg.network, cfg.training, cfg.seed,
-                              cfg.device, cfg.bf16, on_step=on_step if ranks.nproc == 1 else None, store=store,
-                              nproc=ranks.nproc, backend=ranks.backend, device=cfg.device)
-    for rec in history if ranks.nproc > 1 else ():
+    ckpt, history = ranks_run(pretrain_teacher, data.for_ranks(ranks), cfg.network, cfg.training, cfg.seed,
+                              cfg.device, cfg.bf16, on_step=on_step if ranks.one_process else None, store=store,
+                              nproc=ranks.nproc, backend=ranks.backend, device=cfg.device, machines=ranks.machines)
+    for rec in () if ranks.one_process else history:
         on_step(rec["step"], rec)
     metrics.flush()
     return ckpt, pd.DataFrame(history)
