@@ -488,7 +488,7 @@ class _Heartbeats:
     def verdict(self, exc: Exception) -> MachinesError | None:
         """After ``exc`` in the main thread: the lost rank behind it, when a collective failed because of one (the
         watcher decides within the timeout), else None."""
-        if isinstance(exc, MachinesError) or not isinstance(exc, RuntimeError):
+        if not (isinstance(exc, dist.DistError) or type(exc) is RuntimeError):  # the project's errors say why
             return None
         self._found.wait(self.timeout + 3 * self.interval)
         return self.lost
