@@ -1,8 +1,9 @@
 #!/bin/bash
 # Distil on every node of a SLURM allocation: the first node runs `kedro run` (the primary, the only process that
 # writes the catalog, MLflow and DVC files), each other node the worker that joins its data-parallel stages.
-# Submit from the project's folder; every node needs the installed project and the same files at data.path.
-#   sbatch scripts/slurm_distill.sh
+# Submit from the project's folder with its venv active (srun hands the environment to every node); every node
+# needs the installed project and the same files at data.path.
+#   . .venv/bin/activate && sbatch scripts/slurm_distill.sh
 #   ENV=imagenet64 PORT=29400 sbatch --nodes=4 scripts/slurm_distill.sh
 #SBATCH --job-name=disback
 #SBATCH --nodes=2
@@ -18,10 +19,11 @@ export ENDPOINT="$PRIMARY:${PORT:-29400}"          # the primary listens here; t
 # the network interface the nodes reach each other on, when the default route is not it:
 # export NCCL_SOCKET_IFNAME=ib0 GLOO_SOCKET_IFNAME=ib0
 
-srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 bash -c '
+# --kill-on-bad-exit: a primary that fails before its first stage takes the workers down with it
+srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
 if [ "$SLURM_NODEID" = 0 ]; then
-  exec .venv/bin/kedro run --pipelines=distill --env "$ENV" \
+  exec kedro run --pipelines=distill --env "$ENV" \
     --params "distributed.nproc=$NPROC,distributed.nnodes=$SLURM_NNODES,distributed.endpoint=$ENDPOINT"
 else
-  exec .venv/bin/python -m disback_pipeline.worker --endpoint "$ENDPOINT" --nproc-per-node "$NPROC"
+  exec python -m disback_pipeline.worker --endpoint "$ENDPOINT" --nproc-per-node "$NPROC"
 fi'

@@ -22,7 +22,7 @@ from disback_pipeline.diffusion import distributed
 from disback_pipeline.diffusion.config import ConfigError, DistributedConfig
 from disback_pipeline.diffusion.data import SourceOnEachMachine, make_data_source
 
-from .conftest import ROOT, copy_project
+from .conftest import ROOT, ProjectCopy, copy_project
 from .test_distributed import TOL, max_diff, teacher_job
 
 
@@ -241,3 +241,41 @@ def test_kedro_run_on_two_machines(project, tmp_path):  # noqa: PLR0915 - one sc
     assert len(runs()) == 3 and runs()[-1].info.status == "FINISHED"  # the interrupted MLflow run, continued
     for name, w in weights().items():
         assert max_diff(one[name], w) < TOL, name
+
+
+@pytest.mark.slow
+def test_the_slurm_script_runs_the_primary_and_a_worker(tmp_path, monkeypatch):
+    """scripts/slurm_distill.sh under stand-ins for `scontrol` and `srun` that start its task once per "node" on
+    this machine (SLURM itself is not here): node 0 runs the `kedro run`, node 1 the worker, and the run ends
+    with every stage trained on 2 ranks."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n"
+        "n=1; for a in \"$@\"; do case $a in --ntasks=*) n=${a#--ntasks=};; esac; done\n"
+        "pids=(); for ((i=0; i<n; i++)); do SLURM_NODEID=$i \"${@: -3}\" & pids+=($!); done\n"
+        "rc=0; for p in \"${pids[@]}\"; do wait $p || rc=$?; done; exit $rc\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    project = ProjectCopy(tmp_path / "project")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", copy_project(project.path, with_src=True))  # `kedro` needs src/
+    project.edit("toy2d", "parameters_teacher", teacher__training__steps=6, teacher__report__num_samples=100,
+                 teacher__network__mlp__width=16)
+    project.edit("toy2d", "parameters_degradation", degradation__k1=4, degradation__candidates=2,
+                 degradation__probe_size=32)
+    project.edit("toy2d", "parameters_backtracking", backtracking__budget=6, backtracking__k2=3,
+                 backtracking__eval_every=6)
+    project.edit("toy2d", "parameters_evaluation", evaluation__reference_samples=200, evaluation__n_samples=200,
+                 evaluation__batch_size=200, backtracking__proxy_samples=100, evaluation__grid_samples=100)
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_JOB_NODELIST": "node[001-002]", "SLURM_NNODES": "2", "ENV": "toy2d", "NPROC": "1",
+           "PORT": str(free_port())}
+    done = subprocess.run(["bash", str(ROOT / "scripts/slurm_distill.sh")], check=False, cwd=project.path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "the run ended: FINISHED" in done.stderr + done.stdout  # the worker's last word
+    states = project.path / "data/toy2d/09_training_state"
+    for stage, total in (("teacher", 6), ("degradation", 4), ("backtracking", 6)):
+        state = torch.load(sorted((states / stage).glob("state-*.pt"))[-1], weights_only=True)
+        assert state["complete"] and state["trained"] == total, stage

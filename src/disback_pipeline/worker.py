@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import time
 from datetime import timedelta
@@ -41,6 +42,8 @@ def connect(endpoint: str, wait_s: float):
     deadline = time.monotonic() + wait_s
     while True:
         try:
+            with socket.create_connection((host, port), timeout=5):  # listening? (the store's own retries are loud)
+                pass
             return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=10))
         except Exception as exc:  # not listening yet
             if time.monotonic() > deadline:
