@@ -36,6 +36,7 @@ from step_cost import count_flops, teacher_step  # noqa: E402
 from disback_pipeline.diffusion.config import SamplerConfig, from_dict, soft_merge  # noqa: E402
 from disback_pipeline.diffusion.data import make_data_source  # noqa: E402
 from disback_pipeline.diffusion.teacher import pretrain_teacher  # noqa: E402
+from disback_pipeline.evaluation.features import standard_layout  # noqa: E402
 from disback_pipeline.evaluation.quality import quality, sample_teacher  # noqa: E402
 
 UNET_KEYS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
@@ -69,23 +70,41 @@ def run(args) -> dict:
     x, _ = sample_teacher(teacher.net, source, n, int(p["evaluation"]["seed"]),
                           from_dict(SamplerConfig, p["shared"]["sampler"]))
     fid = float(quality(x, source, features, reference)["fid"])
+    share = class_share(features, x)
+    if args.grid:
+        from torchvision.utils import save_image
+
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+        save_image((x[:64].float() + 1) / 2, args.grid, nrow=8)
     steps = int(training["steps"])
     return {"env": args.env, "settings": {**training_set, **unet_set}, "steps": steps,
             "batch_size": int(training["batch_size"]), "seed": args.seed, "gflop_per_step": flops / 1e9,
             "tflop": flops * steps / 1e12,
             "train_s": round(train_s, 1), "fid": round(fid, 3), "n_samples": n, "threads": args.threads,
+            "class_share": [round(v, 3) for v in share], "class_tv": round(0.5 * sum(abs(v - 1 / len(share))
+                                                                                     for v in share), 3),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+
+
+@torch.no_grad()
+def class_share(features, x: torch.Tensor) -> list[float]:
+    """The share of the samples the domain classifier assigns to each class (photo, digit): how evenly the teacher
+    covers the data's classes, which a class-discriminative FID weighs heavily."""
+    logits = torch.cat([features.net(standard_layout(x[i:i + 1000].float())) for i in range(0, len(x), 1000)])
+    counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).float()
+    return (counts / counts.sum()).tolist()
 
 
 def report(folder: Path, md: Path) -> None:
     rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: (r["tflop"], r["fid"]))
-    lines = ["| settings (over the environment) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| settings (over the environment) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID "
+             "| class TV |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or f"conf/{r.get('env', 'base')}"
+        tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "-"  # rows written before the column
         lines.append(f"| {sets} | {r['steps']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['tflop']:.1f} "
-                     f"| {r['train_s']:.0f} | {r['seed']} | {r['fid']:.2f} |")
+                     f"| {r['train_s']:.0f} | {r['seed']} | {r['fid']:.2f} | {tv} |")
     text = md.read_text() if md.is_file() else ""
     head, sep, _ = text.partition("<!-- rows -->")
     md.write_text((head + sep if sep else "<!-- rows -->") + "\n" + "\n".join(lines) + "\n")
@@ -99,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=".bench/teacher_budget", help="folder of rows.jsonl")
     ap.add_argument("--domain-cache", default=None, help="file to keep the domain classifier in (trained once)")
+    ap.add_argument("--grid", default=None, help="PNG file to write 64 of the teacher's samples to")
     ap.add_argument("--report", default=None, help="folder of rows.jsonl to tabulate into --md")
     ap.add_argument("--md", default="benchmarks/TEACHER_BUDGET.md")
     args = ap.parse_args(argv)

@@ -1,0 +1,109 @@
+"""A teacher from a local diffusers folder, as the project's denoiser D(x; sigma, condition).
+
+diffusers' UNets (``UNet2DModel``, ``UNet2DConditionModel``) are trained on a discrete variance-preserving schedule:
+x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps at integer timesteps t, a_t the scheduler's cumulative alphas. The same
+noisy image in the variance-exploding form the rest of the project uses is x = x_t / sqrt(a_t) = x_0 + sigma eps
+with sigma_t = sqrt((1 - a_t) / a_t) (Karras et al. 2022, appendix C.3.4). So the wrapper
+
+- scales the input by c_in = 1 / sqrt(1 + sigma^2) (that is sqrt(a_t)) before the UNet,
+- feeds the timestep of ``sigma`` on the model's own table (log-sigma interpolated between neighbouring integer
+  timesteps, so a sigma of the table gives its exact timestep; fractional ones lie between), and
+- turns the prediction into the denoised image: epsilon: D = x - sigma eps; v: D = x / (1 + sigma^2) -
+  sigma / sqrt(1 + sigma^2) v; sample: D is the output.
+
+Nothing is downloaded: the folder is read with ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError
+
+UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - a_t) / a_t) for every integer timestep t (increasing with t)."""
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+class VPDenoiser(nn.Module):
+    """D(x; sigma, condition) of a diffusers UNet on its discrete VP schedule (module docstring)."""
+
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+        super().__init__()
+        if prediction_type not in PREDICTIONS:
+            raise ValueError(f"prediction_type must be one of {PREDICTIONS}, got {prediction_type!r}")
+        self.unet, self.prediction_type = unet, prediction_type
+        self.register_buffer("log_sigmas", sigmas_of(alphas_cumprod.float()).log(), persistent=False)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The (fractional) timestep of each sigma: log-sigma interpolated between the table's neighbours, clamped
+        to the table's range."""
+        log_sigma = sigma.float().clamp_min(1e-10).log()
+        table = self.log_sigmas.to(log_sigma.device)
+        low = (torch.searchsorted(table, log_sigma, right=True) - 1).clamp(0, len(table) - 2)
+        w = ((table[low] - log_sigma) / (table[low] - table[low + 1])).clamp(0, 1)
+        return (1 - w) * low + w * (low + 1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: Any = None) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        c_in = 1 / (1 + s ** 2).sqrt()
+        kwargs = {} if condition is None else {"encoder_hidden_states": condition}
+        out = self.unet(x * c_in, self.sigma_to_t(sigma), **kwargs, return_dict=False)[0]
+        if self.prediction_type == "epsilon":
+            return x - s * out
+        if self.prediction_type == "v_prediction":
+            return x * c_in ** 2 - s * c_in * out
+        return out
+
+
+def _missing(folder: Path) -> list[str]:
+    return [p for p in ("unet/config.json", "scheduler/scheduler_config.json") if not (folder / p).is_file()]
+
+
+def load_diffusers_teacher(folder: str | Path, dtype: torch.dtype = torch.float32) -> VPDenoiser:
+    """The UNet and scheduler of a diffusers model folder (``unet/``, ``scheduler/``), offline, as a
+    :class:`VPDenoiser`. A missing folder or component fails naming what is missing."""
+    import diffusers
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder; teacher.diffusers_path must name a diffusers model folder "
+                              "(model_index.json, unet/, scheduler/, ...) saved with save_pretrained or downloaded "
+                              "beforehand (nothing is downloaded at run time)")
+    missing = _missing(folder)
+    if missing:
+        raise CheckpointError(f"{folder}: not a diffusers model folder, or an incomplete one: {', '.join(missing)} "
+                              "missing; copy the whole folder (unet/ and scheduler/ at least)")
+    unet_class = json.loads((folder / "unet/config.json").read_text()).get("_class_name")
+    if unet_class not in UNET_CLASSES:
+        raise CheckpointError(f"{folder}/unet: a {unet_class}, but the teacher must be one of {UNET_CLASSES}")
+    unet = getattr(diffusers, unet_class).from_pretrained(folder, subfolder="unet", local_files_only=True,
+                                                          torch_dtype=dtype)
+    scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    name = scheduler_config.get("_class_name", "DDPMScheduler")
+    # the folder's own scheduler class: its defaults fill what the file leaves out, as in diffusers' pipelines
+    scheduler = getattr(diffusers, name, diffusers.DDPMScheduler).from_config(scheduler_config)
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise CheckpointError(f"{folder}/scheduler: a {name}, which has no discrete variance-preserving schedule "
+                              "(alphas_cumprod); the teacher must come from a DDPM-family model (epsilon or v "
+                              "prediction), not a flow-matching one")
+    return VPDenoiser(unet.eval(), torch.as_tensor(scheduler.alphas_cumprod), scheduler.config.prediction_type)

@@ -1,0 +1,123 @@
+"""A diffusers UNet on its discrete VP schedule as the project's denoiser, against diffusers' own schedulers.
+
+Tiny random UNets (two levels of 8 and 16 channels, as diffusers' own tests size them) built here; nothing is
+downloaded (HF_HUB_OFFLINE). The tolerances are float32's: the wrapper computes the same arithmetic in another
+order (2e-7 of the largest value measured at the timesteps below), the 5-step Heun sample runs in float64 between
+the network calls where diffusers stays in float32 (2e-7 of the largest value measured)."""
+
+from __future__ import annotations
+
+import json
+
+import diffusers
+import pytest
+import torch
+
+from disback_pipeline.diffusion.checkpoint import CheckpointError
+from disback_pipeline.diffusion.diffusers_teacher import VPDenoiser, load_diffusers_teacher
+from disback_pipeline.diffusion.sampling import heun_sampler
+
+SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+REL = 1e-5  # of the largest magnitude compared
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def tiny_unet(conditional: bool = False):
+    torch.manual_seed(0)
+    common = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+              "block_out_channels": (8, 16), "norm_num_groups": 4}
+    if conditional:
+        return diffusers.UNet2DConditionModel(**common, cross_attention_dim=8, attention_head_dim=2,
+                                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
+    return diffusers.UNet2DModel(**common, attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return float((a - b).abs().max()) <= REL * float(b.abs().max())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("conditional", [False, True])
+@torch.no_grad()
+def test_the_denoised_image_is_the_schedulers_predicted_original(prediction, conditional):
+    unet = tiny_unet(conditional)
+    scheduler = diffusers.DDPMScheduler(**SD_BETAS, prediction_type=prediction, clip_sample=False)
+    denoiser = VPDenoiser(unet, scheduler.alphas_cumprod, prediction)
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(2, 3, 8) if conditional else None
+    kwargs = {"encoder_hidden_states": text} if conditional else {}
+    for t in (0, 10, 500, 999):
+        a = scheduler.alphas_cumprod[t]
+        x_t = scheduler.add_noise(x0, torch.randn_like(x0), torch.tensor([t]))
+        expected = scheduler.step(unet(x_t, t, **kwargs).sample, t, x_t).pred_original_sample
+        sigma = torch.full((2,), float(((1 - a) / a) ** 0.5))
+        assert denoiser.sigma_to_t(sigma).tolist() == pytest.approx([t, t], abs=1e-3)
+        got = denoiser(x_t / a ** 0.5, sigma, text)  # the same noisy image in the variance-exploding form
+        assert close(got, expected), (t, float((got - expected).abs().max()))
+    # a sigma between two table entries gets a timestep between theirs
+    mid = denoiser.sigma_to_t(torch.tensor([float((denoiser.log_sigmas[400].exp() * denoiser.log_sigmas[401].exp())
+                                                  ** 0.5)]))
+    assert 400 < float(mid[0]) < 401
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@torch.no_grad()
+def test_our_heun_sampler_equals_diffusers_heun_scheduler(prediction):
+    unet = tiny_unet()
+    scheduler = diffusers.HeunDiscreteScheduler(**SD_BETAS, prediction_type=prediction, use_karras_sigmas=True)
+    scheduler.set_timesteps(5)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    x = noise * scheduler.sigmas[0]
+    for t in scheduler.timesteps:  # diffusers' sampling loop, as its pipelines run it
+        x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+    denoiser = VPDenoiser(unet, scheduler.alphas_cumprod, prediction)
+    ours = heun_sampler(denoiser, noise, nfe=9, sigma_min=float(scheduler.sigmas[-2]),
+                        sigma_max=float(scheduler.sigmas[0]), rho=7.0)
+    assert close(ours, x), float((ours - x).abs().max())
+    wrong = heun_sampler(VPDenoiser(unet, scheduler.alphas_cumprod, "v_prediction" if prediction == "epsilon"
+                                    else "epsilon"), noise, nfe=9, sigma_min=float(scheduler.sigmas[-2]),
+                         sigma_max=float(scheduler.sigmas[0]))
+    assert not close(wrong, x)  # the comparison tells the two parametrisations apart
+
+
+def save_folder(root, unet, scheduler) -> None:
+    unet.save_pretrained(root / "unet")
+    scheduler.save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "DiffusionPipeline"}))
+
+
+@torch.no_grad()
+def test_a_folder_loads_offline_into_the_same_denoiser(tmp_path):
+    unet = tiny_unet(conditional=True)
+    scheduler = diffusers.EulerDiscreteScheduler(**SD_BETAS, prediction_type="v_prediction")
+    save_folder(tmp_path / "model", unet, scheduler)
+    assert (tmp_path / "model/unet/diffusion_pytorch_model.safetensors").is_file()
+    loaded = load_diffusers_teacher(tmp_path / "model")
+    assert loaded.prediction_type == "v_prediction"
+    assert torch.equal(loaded.log_sigmas, VPDenoiser(unet, scheduler.alphas_cumprod).log_sigmas)
+    x, sigma, text = torch.randn(2, 4, 8, 8), torch.tensor([0.5, 3.0]), torch.randn(2, 3, 8)
+    built = VPDenoiser(unet, scheduler.alphas_cumprod, "v_prediction")
+    assert torch.equal(loaded(x, sigma, text), built(x, sigma, text))
+    assert loaded.sigma_min == pytest.approx(float(((1 - scheduler.alphas_cumprod[0]) / scheduler.alphas_cumprod[0])
+                                                   ** 0.5), rel=1e-6)
+
+
+def test_a_folder_that_is_not_a_teacher_is_refused_naming_what_is_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="no such folder.*nothing is downloaded"):
+        load_diffusers_teacher(tmp_path / "absent")
+    save_folder(tmp_path / "model", tiny_unet(), diffusers.DDPMScheduler(**SD_BETAS))
+    (tmp_path / "model/scheduler/scheduler_config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"scheduler/scheduler_config.json missing"):
+        load_diffusers_teacher(tmp_path / "model")
+    diffusers.FlowMatchEulerDiscreteScheduler().save_pretrained(tmp_path / "model/scheduler")
+    with pytest.raises(CheckpointError, match="FlowMatchEulerDiscreteScheduler.*flow-matching"):
+        load_diffusers_teacher(tmp_path / "model")
+    (tmp_path / "model/unet/config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    with pytest.raises(CheckpointError, match="a AutoencoderKL, but the teacher must be one of"):
+        load_diffusers_teacher(tmp_path / "model")
