@@ -121,3 +121,44 @@ def test_a_folder_that_is_not_a_teacher_is_refused_naming_what_is_missing(tmp_pa
     (tmp_path / "model/unet/config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(CheckpointError, match="a AutoencoderKL, but the teacher must be one of"):
         load_diffusers_teacher(tmp_path / "model")
+
+
+@pytest.mark.slow
+def test_kedro_distill_from_a_diffusers_teacher(project):
+    """`teacher.mode: diffusers` on the digits: a tiny random UNet2DModel (1 channel, 8x8) and a v-prediction
+    scheduler saved as a diffusers folder; the whole distill pipeline runs from it (stage 1's path nodes, stage 2,
+    the evaluation), the teacher checkpoint it writes rebuilds the same denoiser, and the student is a diffusers
+    UNet too."""
+    import numpy as np
+
+    from disback_pipeline.diffusion.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    scheduler = diffusers.DDPMScheduler(**SD_BETAS, prediction_type="v_prediction")
+    save_folder(project.path / "data/01_raw/tiny_diffusers", unet, scheduler)
+    project.edit("base", "parameters_teacher", teacher__mode="diffusers",
+                 teacher__checkpoint_path="data/01_raw/tiny_diffusers", teacher__report__num_samples=4,
+                 shared__sampler__nfe=3)
+    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
+                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
+    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
+                 backtracking__batch_size=4, backtracking__eval_every=2)
+    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
+                 backtracking__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+    project.run("distill")
+    root = project.path / "data/base"
+    teacher = load_checkpoint(root / "06_models/teacher.pt")
+    assert teacher.config["backbone"] == "diffusers" and teacher.config["prediction_type"] == "v_prediction"
+    x, sigma = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 1.0, 10.0])
+    with torch.no_grad():
+        assert torch.equal(teacher.net(x, sigma), VPDenoiser(unet.eval(), scheduler.alphas_cumprod,
+                                                             "v_prediction")(x, sigma))
+    student = load_checkpoint(root / "06_models/generator_ema.pt")
+    assert isinstance(student.net.unet, diffusers.UNet2DModel) and student.metadata["step"] == 4
+    assert len(json.loads((root / "06_models/degradation_path/manifest.json").read_text())["order"]) == 3
+    metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    assert np.isfinite(metrics["teacher"]["fid"]) and np.isfinite(metrics["student"]["fid"])

@@ -246,6 +246,10 @@ def build_network(config: dict[str, Any]) -> EDMPrecond:
     """
     config = dict(config)
     name = config.pop("backbone", None)
+    if name == "diffusers":  # a diffusers UNet on its VP schedule (a teacher from a diffusers folder, its copies)
+        from .diffusers_teacher import build_vp_denoiser
+
+        return build_vp_denoiser(config)
     if name not in BACKBONES:
         raise ValueError(
             f"unknown backbone {name!r} in network config; choose one of {sorted(BACKBONES)}"

@@ -379,8 +379,8 @@ class ReportConfig:
 class TeacherConfig:
     """The teacher: pre-trained here, or loaded from a file."""
 
-    mode: Literal["pretrain", "load"] = "pretrain"  # pretrain | load
-    checkpoint_path: str | None = None  # our checkpoint (.pt) or an EDM snapshot (.pkl) when mode = load
+    mode: Literal["pretrain", "load", "diffusers"] = "pretrain"  # pretrain | load | diffusers
+    checkpoint_path: str | None = None  # load: our checkpoint (.pt) or an EDM snapshot (.pkl); diffusers: a folder
     seed: int = 0                     # RNG seed for initialisation, batches and noise
     device: Device = "auto"           # auto | cpu | cuda
     bf16: bool = False                # bf16 autocast on CUDA
@@ -392,6 +392,9 @@ class TeacherConfig:
         _device(self)
         if self.mode == "load" and not self.checkpoint_path:
             raise ConfigError("checkpoint_path must be set when mode is 'load' (a .pt of ours or an EDM .pkl)")
+        if self.mode == "diffusers" and not self.checkpoint_path:
+            raise ConfigError("checkpoint_path must be set when mode is 'diffusers' (a diffusers model folder with "
+                              "unet/ and scheduler/)")
         if self.mode == "pretrain" and "backbone" not in self.network:
             raise ConfigError("network.backbone must be set when mode is 'pretrain' (unet | mlp | songunet | "
                               "dhariwalunet)")

@@ -37,12 +37,16 @@ def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 class VPDenoiser(nn.Module):
     """D(x; sigma, condition) of a diffusers UNet on its discrete VP schedule (module docstring)."""
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
+                 sigma_data: float = 0.5):
         super().__init__()
         if prediction_type not in PREDICTIONS:
             raise ValueError(f"prediction_type must be one of {PREDICTIONS}, got {prediction_type!r}")
         self.unet, self.prediction_type = unet, prediction_type
-        self.register_buffer("log_sigmas", sigmas_of(alphas_cumprod.float()).log(), persistent=False)
+        self.sigma_data = float(sigma_data)  # the data's spread the training losses weigh by (images in [-1, 1])
+        alphas = torch.as_tensor(alphas_cumprod, dtype=torch.float32)  # float32, as diffusers' schedulers hold it
+        self.alphas_cumprod = alphas.tolist()  # the exact values, for the config that rebuilds this network
+        self.register_buffer("log_sigmas", sigmas_of(alphas).log(), persistent=False)
 
     @property
     def sigma_min(self) -> float:
@@ -75,6 +79,31 @@ class VPDenoiser(nn.Module):
         return out
 
 
+def network_config(denoiser: VPDenoiser) -> dict[str, Any]:
+    """What rebuilds ``denoiser`` without its folder (:func:`build_vp_denoiser`): the UNet's class and config, the
+    schedule, the parametrisation; and the data shape it takes, as the project's other networks state it."""
+    unet = denoiser.unet
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(unet.config).items()
+              if not k.startswith("_")}
+    size = config.get("sample_size")
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return {"backbone": "diffusers", "unet_class": type(unet).__name__, "unet": config,
+            "alphas_cumprod": list(denoiser.alphas_cumprod),
+            "prediction_type": denoiser.prediction_type, "sigma_data": denoiser.sigma_data,
+            "in_channels": int(config["in_channels"]), "img_resolution": int(size), "label_dim": 0}
+
+
+def build_vp_denoiser(config: dict[str, Any]) -> VPDenoiser:
+    """The network :func:`network_config` describes, with fresh weights (a checkpoint's are loaded into it)."""
+    import diffusers
+
+    if config.get("unet_class") not in UNET_CLASSES:
+        raise ValueError(f"unet_class must be one of {UNET_CLASSES}, got {config.get('unet_class')!r}")
+    unet = getattr(diffusers, config["unet_class"]).from_config(config["unet"])
+    return VPDenoiser(unet, torch.tensor(config["alphas_cumprod"]), config["prediction_type"],
+                      config.get("sigma_data", 0.5))
+
+
 def _missing(folder: Path) -> list[str]:
     return [p for p in ("unet/config.json", "scheduler/scheduler_config.json") if not (folder / p).is_file()]
 
@@ -86,7 +115,7 @@ def load_diffusers_teacher(folder: str | Path, dtype: torch.dtype = torch.float3
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder; teacher.diffusers_path must name a diffusers model folder "
+        raise CheckpointError(f"{folder}: no such folder; teacher.checkpoint_path must name a diffusers model folder "
                               "(model_index.json, unet/, scheduler/, ...) saved with save_pretrained or downloaded "
                               "beforehand (nothing is downloaded at run time)")
     missing = _missing(folder)

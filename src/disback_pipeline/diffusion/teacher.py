@@ -86,9 +86,14 @@ def pretrain_teacher(source: DataSource, network: dict[str, Any], training: Trai
     return Checkpoint(ema_net.cpu(), config, meta), history
 
 
-def load_teacher(path: str) -> Checkpoint:
+def load_teacher(path: str, diffusers: bool = False) -> Checkpoint:
     """A teacher from a file: one of our checkpoints (.pt), or an EDM snapshot (.pkl) read without executing
-    its code."""
+    its code; with ``diffusers``, the UNet and scheduler of a diffusers model folder, read offline."""
+    if diffusers:
+        from .diffusers_teacher import load_diffusers_teacher, network_config
+
+        net = load_diffusers_teacher(path)
+        return Checkpoint(net, network_config(net), {"role": "teacher", "diffusers_folder": str(path)})
     if str(path).endswith(".pkl"):
         from .edm_import import load_edm_snapshot
 

@@ -25,15 +25,16 @@ log = logging.getLogger(__name__)
 def train_or_load_teacher(data: Data, teacher, checkpointing=None,
                           distributed=None) -> tuple[Checkpoint, pd.DataFrame]:
     """Pre-train a teacher on the configured data, or load one from ``teacher.checkpoint_path``
-    (our checkpoint, or an EDM snapshot ``.pkl`` read without executing its code). Pre-training saves its
-    state every ``teacher.training.checkpoint_every`` steps and continues from it after a kill.
+    (our checkpoint, an EDM snapshot ``.pkl`` read without executing its code, or with ``mode: diffusers`` a
+    diffusers model folder). Pre-training saves its state every ``teacher.training.checkpoint_every`` steps and
+    continues from it after a kill.
 
     Returns:
         The teacher checkpoint and its per-step training history (empty when loaded).
     """
     cfg, data = typed(teacher, TeacherConfig, "teacher"), as_data(data)
-    if cfg.mode == "load":
-        ckpt = load_teacher(cfg.checkpoint_path)
+    if cfg.mode in ("load", "diffusers"):
+        ckpt = load_teacher(cfg.checkpoint_path, diffusers=cfg.mode == "diffusers")
         shown = {k: v for k, v in ckpt.metadata.items() if k != "edm_init_kwargs"}
         log.info("loaded teacher from %s (%s)", cfg.checkpoint_path, shown)
         return ckpt, pd.DataFrame(columns=["step", "loss", "wall_clock_s"])
