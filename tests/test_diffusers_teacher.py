@@ -8,13 +8,20 @@ the network calls where diffusers stays in float32 (2e-7 of the largest value me
 from __future__ import annotations
 
 import json
+import string
 
 import diffusers
 import pytest
 import torch
 
 from disback_pipeline.diffusion.checkpoint import CheckpointError
-from disback_pipeline.diffusion.diffusers_teacher import VPDenoiser, load_diffusers_teacher
+from disback_pipeline.diffusion.diffusers_teacher import (
+    Guided,
+    VPDenoiser,
+    encode_prompts,
+    guided,
+    load_diffusers_teacher,
+)
 from disback_pipeline.diffusion.sampling import heun_sampler
 
 SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -87,9 +94,28 @@ def test_our_heun_sampler_equals_diffusers_heun_scheduler(prediction):
 
 
 def save_folder(root, unet, scheduler) -> None:
+    """A diffusers model folder; a text-conditioned UNet gets a tiny CLIP text encoder (2 layers, width 8) and a
+    tokenizer whose vocabulary is the letters (each word becomes its letters), made here: nothing comes from the
+    hub."""
+    import transformers
+
     unet.save_pretrained(root / "unet")
     scheduler.save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({"_class_name": "DiffusionPipeline"}))
+    if isinstance(unet, diffusers.UNet2DConditionModel):
+        vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+        for c in string.ascii_lowercase:
+            vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+        (root / "vocab.json").write_text(json.dumps(vocab))
+        (root / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16,
+                                               pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+        tokenizer.save_pretrained(root / "tokenizer")
+        torch.manual_seed(1)
+        config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=8, intermediate_size=16,
+                                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                                             bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        transformers.CLIPTextModel(config).save_pretrained(root / "text_encoder")
 
 
 @torch.no_grad()
@@ -102,10 +128,68 @@ def test_a_folder_loads_offline_into_the_same_denoiser(tmp_path):
     assert loaded.prediction_type == "v_prediction"
     assert torch.equal(loaded.log_sigmas, VPDenoiser(unet, scheduler.alphas_cumprod).log_sigmas)
     x, sigma, text = torch.randn(2, 4, 8, 8), torch.tensor([0.5, 3.0]), torch.randn(2, 3, 8)
-    built = VPDenoiser(unet, scheduler.alphas_cumprod, "v_prediction")
+    null = encode_prompts(tmp_path / "model", [""])
+    assert null.shape == (1, 16, 8) and loaded.null_condition.shape == (1, 16, 8)
+    built = VPDenoiser(unet, scheduler.alphas_cumprod, "v_prediction", null_condition=null)
     assert torch.equal(loaded(x, sigma, text), built(x, sigma, text))
+    assert torch.equal(loaded(x, sigma), built(x, sigma, null.expand(2, -1, -1)))  # no prompt: the empty one
     assert loaded.sigma_min == pytest.approx(float(((1 - scheduler.alphas_cumprod[0]) / scheduler.alphas_cumprod[0])
                                                    ** 0.5), rel=1e-6)
+
+
+@torch.no_grad()
+def test_guidance_is_uncond_plus_scale_times_the_difference(tmp_path):
+    save_folder(tmp_path / "model", tiny_unet(conditional=True), diffusers.DDPMScheduler(**SD_BETAS))
+    teacher = load_diffusers_teacher(tmp_path / "model")
+    text = encode_prompts(tmp_path / "model", ["a photo of a cat", "seven"])
+    assert not torch.equal(text[0], text[1])  # the prompts reach the embedding
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 2.0])
+    cond, uncond = teacher(x, sigma, text), teacher(x, sigma, teacher.null_condition.expand(2, -1, -1))
+    assert not torch.allclose(cond, uncond)
+    by_hand = uncond + 7.5 * (cond - uncond)
+    got = Guided(teacher, 7.5)(x, sigma, text)
+    assert close(got, by_hand), float((got - by_hand).abs().max())  # one batch of both branches, same numbers
+    assert close(Guided(teacher, 1.0)(x, sigma, text), cond) and guided(teacher, 1.0) is teacher
+    assert torch.equal(Guided(teacher, 7.5)(x, sigma), teacher(x, sigma))  # no prompt: nothing to guide
+    # stage 2 guides its target, whichever it is, and nothing else
+    from types import SimpleNamespace
+
+    from disback_pipeline.diffusion.schedule import TEACHER
+    from disback_pipeline.diffusion.stage2_run import target_net
+
+    nets = SimpleNamespace(teacher=teacher)
+    target = target_net(nets, None, TEACHER, 7.5)
+    assert isinstance(target, Guided) and target.net is teacher and target.scale == 7.5
+    assert target_net(nets, None, TEACHER) is teacher
+
+
+def test_prompts_condition_the_generated_samples(tmp_path):
+    from disback_pipeline.diffusion.data import DataSourceError, make_data_source
+
+    save_folder(tmp_path / "model", tiny_unet(conditional=True), diffusers.DDPMScheduler(**SD_BETAS))
+    (tmp_path / "prompts.txt").write_text("a photo of a seven\n\nzero\nthree\n")
+    cfg = {"source": "digits", "prompts": str(tmp_path / "prompts.txt"), "text_encoder": str(tmp_path / "model")}
+    source = make_data_source(cfg)
+    assert source.prompts == ("a photo of a seven", "zero", "three") and source.label_dim == 0
+    first = source.random_labels(6, torch.Generator().manual_seed(0))
+    assert first.shape == (6, 16, 8)
+    assert torch.equal(first, source.random_labels(6, torch.Generator().manual_seed(0)))  # the seeded stream
+    rows = {i for e in first for i in range(3) if torch.equal(e, source.prompt_embeddings[i])}
+    assert len(rows) > 1  # drawn from the prompts, not one of them
+    x, labels = source.sample(4, torch.Generator().manual_seed(0))
+    assert labels is None  # real images carry no caption
+    plain = make_data_source({"source": "digits"})
+    assert source.content_sha256() != plain.content_sha256()  # a state of other prompts is not resumed onto
+    assert plain.content_sha256() == make_data_source({"source": "digits"}).content_sha256()
+    import pandas as pd
+
+    pd.DataFrame({"prompt": ["zero", "three"]}).to_csv(tmp_path / "prompts.csv", index=False)
+    assert make_data_source({**cfg, "prompts": str(tmp_path / "prompts.csv")}).prompts == ("zero", "three")
+    with pytest.raises(DataSourceError, match="no `prompt` column"):
+        pd.DataFrame({"text": ["zero"]}).to_csv(tmp_path / "bad.csv", index=False)
+        make_data_source({**cfg, "prompts": str(tmp_path / "bad.csv")})
+    with pytest.raises(DataSourceError, match="does not exist"):
+        make_data_source({**cfg, "prompts": str(tmp_path / "absent.txt")})
 
 
 def test_a_folder_that_is_not_a_teacher_is_refused_naming_what_is_missing(tmp_path):
@@ -162,3 +246,47 @@ def test_kedro_distill_from_a_diffusers_teacher(project):
     assert len(json.loads((root / "06_models/degradation_path/manifest.json").read_text())["order"]) == 3
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
     assert np.isfinite(metrics["teacher"]["fid"]) and np.isfinite(metrics["student"]["fid"])
+
+
+@pytest.mark.slow
+def test_kedro_distill_from_a_text_conditioned_teacher_with_guidance(project):
+    """A tiny UNet2DConditionModel with its CLIP text encoder on the digits, prompts from a file and guidance 2 on
+    the target: the whole distill pipeline runs; the teacher and the student carry the empty prompt's embedding,
+    and the student answers prompts."""
+    from disback_pipeline.diffusion.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
+                                          attention_head_dim=2,
+                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    folder = project.path / "data/01_raw/tiny_t2i"
+    save_folder(folder, unet, diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
+    (project.path / "data/01_raw/prompts.txt").write_text("a handwritten zero\na handwritten seven\n")
+    project.edit("base", "parameters_data", data__prompts="data/01_raw/prompts.txt",
+                 data__text_encoder="data/01_raw/tiny_t2i")
+    project.edit("base", "parameters_teacher", teacher__mode="diffusers",
+                 teacher__checkpoint_path="data/01_raw/tiny_t2i", teacher__report__num_samples=4,
+                 shared__sampler__nfe=3)
+    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
+                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
+    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
+                 backtracking__batch_size=4, backtracking__eval_every=2, backtracking__guidance_scale=2.0)
+    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
+                 backtracking__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+    project.run("distill")
+    root = project.path / "data/base"
+    teacher = load_checkpoint(root / "06_models/teacher.pt")
+    null = encode_prompts(folder, [""])
+    assert torch.equal(teacher.net.null_condition, null)
+    student = load_checkpoint(root / "06_models/generator_ema.pt")
+    assert isinstance(student.net.unet, diffusers.UNet2DConditionModel)
+    assert torch.equal(student.net.null_condition, null)
+    z, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 2.5)
+    text = encode_prompts(folder, ["a handwritten zero", "a handwritten seven"])
+    with torch.no_grad():
+        assert not torch.allclose(student.net(z, sigma, text[:1].expand(2, -1, -1)),
+                                  student.net(z, sigma, text[1:].expand(2, -1, -1)))  # the prompt steers it
+    metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    assert metrics["student"]["fid"] > 0 and metrics["teacher"]["fid"] > 0

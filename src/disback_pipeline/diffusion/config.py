@@ -206,6 +206,7 @@ class DistillConfig:
     fake_steps: int = 1               # r: fake-score DSM steps per generator step (count)
     lr_generator: float = 2.0e-4      # generator Adam learning rate (per step)
     lr_fake: float = 2.0e-4           # fake-score Adam learning rate (per step)
+    guidance_scale: float = 1.0       # classifier-free guidance of the target (text-conditioned teachers; 1 = none)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # both learning rates over the budget (cosine: to 0)
     betas: tuple[float, float] = (0.0, 0.999)  # Adam betas for both networks
     batch_size: int = 64              # samples per step (count)
@@ -234,6 +235,7 @@ class DistillConfig:
 
     def __post_init__(self):
         _positive(self, "s_init", "lr_generator", "lr_fake", "fake_P_std")
+        _at_least(self, 0, "guidance_scale")
         if self.keep == "best" and self.eval_every == 0:
             raise ValueError("keep: best picks the EMA generator at the proxy evaluations, and eval_every is 0 "
                              "(never); set eval_every > 0 or keep: last")
@@ -310,10 +312,18 @@ class DataConfig:
     root: str | None = None           # torchvision: local folder holding the set
     download: bool = False            # torchvision: fetch from the network (never in tests or default runs)
     workers: int = 2                  # image_folder: DataLoader processes decoding files (count; 0 = main process)
+    prompts: str | None = None        # text-to-image: file of prompts (.txt, one a line; .csv/.parquet: `prompt`)
+    text_encoder: str | None = None   # text-to-image: the diffusers folder whose tokenizer and text encoder embed them
 
     def __post_init__(self):
         _at_least(self, 1, "num_modes", "size")
         _at_least(self, 0, "workers")
+        if (self.prompts is None) != (self.text_encoder is None):
+            raise ConfigError("prompts and text_encoder go together: the prompts file and the diffusers folder whose "
+                              "text encoder embeds them (usually teacher.checkpoint_path)")
+        if self.prompts is not None and self.conditional:
+            raise ConfigError("conditional (one-hot class labels) and prompts (text) exclude each other; set "
+                              "conditional: false")
         _positive(self, "std", "spacing", "radius")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")

@@ -49,11 +49,23 @@ class DataSource:
     shape: tuple[int, ...] = ()
     num_classes: int = 0
     conditional: bool = False
+    prompts: tuple[str, ...] = ()  # text-to-image: what generated samples are conditioned on (:meth:`with_prompts`)
+    prompt_embeddings: torch.Tensor | None = None  # ... as the text encoder embeds them, one row a prompt
 
     def content_sha256(self) -> str:
         """A hash of what the source holds (part of every training state's fingerprint: other data under the
         same settings are never resumed onto)."""
-        return _sha256(self.name, *self._content())
+        text = () if self.prompt_embeddings is None else ("\n".join(self.prompts), self.prompt_embeddings)
+        return _sha256(self.name, *self._content(), *text)
+
+    def with_prompts(self, prompts: list[str], embeddings: torch.Tensor) -> DataSource:
+        """Condition generated samples on text: each draws one of ``prompts`` from the seeded stream and carries its
+        embedding ``embeddings[i]`` (tokens, width) where class labels would go. The images stay uncaptioned."""
+        if len(prompts) != len(embeddings) or not prompts:
+            raise DataSourceError(f"{len(prompts)} prompts and {len(embeddings)} embeddings: need one embedding a "
+                                  "prompt, and at least one prompt")
+        self.prompts, self.prompt_embeddings = tuple(prompts), embeddings.float()
+        return self
 
     def _content(self) -> tuple:
         raise NotImplementedError
@@ -75,7 +87,9 @@ class DataSource:
         return F.one_hot(labels.long(), self.num_classes).float()
 
     def random_labels(self, n: int, generator: torch.Generator | None = None):
-        """Class labels for generated samples (one-hot), or None if unconditional."""
+        """Class labels for generated samples (one-hot), prompt embeddings (text), or None if unconditional."""
+        if self.prompt_embeddings is not None:
+            return self.prompt_embeddings[torch.randint(len(self.prompts), (n,), generator=generator)]
         if not self.conditional:
             return None
         return self.one_hot(torch.randint(self.num_classes, (n,), generator=generator))
@@ -484,11 +498,39 @@ class SourceOnEachMachine:
         return source
 
 
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: .txt one a line (blank lines skipped), .csv or .parquet a `prompt` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"data.prompts: {path} does not exist; give a .txt file (one prompt a line) or a "
+                              ".csv/.parquet file with a `prompt` column")
+    if path.suffix in (".csv", ".parquet"):
+        import pandas as pd
+
+        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        if "prompt" not in table.columns:
+            raise DataSourceError(f"data.prompts: {path} has no `prompt` column (columns: {list(table.columns)})")
+        prompts = [str(p) for p in table["prompt"].dropna()]
+    else:
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise DataSourceError(f"data.prompts: {path} holds no prompt")
+    return prompts
+
+
 def make_data_source(cfg) -> DataSource:
-    """Build the data source described by the ``data`` parameters (a dict, or a built DataConfig)."""
+    """Build the data source described by the ``data`` parameters (a dict, or a built DataConfig); with
+    ``prompts``, its generated samples are conditioned on their text (:meth:`DataSource.with_prompts`)."""
     if dataclasses.is_dataclass(cfg):
         cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
     cfg = dict(cfg)
+    if cfg.get("prompts"):
+        from .diffusers_teacher import encode_prompts
+
+        prompts = read_prompts(cfg["prompts"])
+        embeddings = encode_prompts(cfg["text_encoder"], prompts)
+        return make_data_source({k: v for k, v in cfg.items() if k not in ("prompts", "text_encoder")}) \
+            .with_prompts(prompts, embeddings)
     kind = cfg.get("source")
     conditional = bool(cfg.get("conditional", False))
     if kind == "gmm2d":

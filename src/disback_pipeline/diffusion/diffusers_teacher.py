@@ -38,7 +38,7 @@ class VPDenoiser(nn.Module):
     """D(x; sigma, condition) of a diffusers UNet on its discrete VP schedule (module docstring)."""
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                 sigma_data: float = 0.5):
+                 sigma_data: float = 0.5, null_condition: torch.Tensor | None = None):
         super().__init__()
         if prediction_type not in PREDICTIONS:
             raise ValueError(f"prediction_type must be one of {PREDICTIONS}, got {prediction_type!r}")
@@ -47,6 +47,9 @@ class VPDenoiser(nn.Module):
         alphas = torch.as_tensor(alphas_cumprod, dtype=torch.float32)  # float32, as diffusers' schedulers hold it
         self.alphas_cumprod = alphas.tolist()  # the exact values, for the config that rebuilds this network
         self.register_buffer("log_sigmas", sigmas_of(alphas).log(), persistent=False)
+        # a text-conditioned UNet: the empty prompt's embedding (1, tokens, width), used where no condition is given
+        # (the unconditional branch of guidance, real images without captions, samples drawn without a prompt)
+        self.register_buffer("null_condition", null_condition)
 
     @property
     def sigma_min(self) -> float:
@@ -70,13 +73,42 @@ class VPDenoiser(nn.Module):
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         c_in = 1 / (1 + s ** 2).sqrt()
-        kwargs = {} if condition is None else {"encoder_hidden_states": condition}
+        if condition is None and self.null_condition is not None:
+            condition = self.null_condition.expand(x.shape[0], -1, -1)
+        kwargs = {} if condition is None else {"encoder_hidden_states": condition.to(x.dtype)}
         out = self.unet(x * c_in, self.sigma_to_t(sigma), **kwargs, return_dict=False)[0]
         if self.prediction_type == "epsilon":
             return x - s * out
         if self.prediction_type == "v_prediction":
             return x * c_in ** 2 - s * c_in * out
         return out
+
+
+class Guided(nn.Module):
+    """Classifier-free guidance of a denoiser: D_w(x; sigma, c) = D(x; sigma, null) + w (D(x; sigma, c) -
+    D(x; sigma, null)), both branches in one batch. Without a condition, or at w = 1, it is the denoiser itself.
+
+    Stage 2 guides its target (the teacher, or the path node it walks to) and nothing else: the fake score models
+    the generator's own, unguided distribution, and the generator is what is trained."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net, self.scale = net, float(scale)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: Any = None) -> torch.Tensor:
+        null = getattr(self.net, "null_condition", None)
+        if condition is None or self.scale == 1.0 or null is None:
+            return self.net(x, sigma, condition)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+        both = self.net(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                        torch.cat([null.expand(x.shape[0], -1, -1).to(condition.dtype), condition]))
+        uncond, cond = both.chunk(2)
+        return uncond + self.scale * (cond - uncond)
+
+
+def guided(net: nn.Module, scale: float) -> nn.Module:
+    """``net`` under guidance ``scale`` (the network itself at 1)."""
+    return net if scale == 1.0 else Guided(net, scale)
 
 
 def network_config(denoiser: VPDenoiser) -> dict[str, Any]:
@@ -90,7 +122,8 @@ def network_config(denoiser: VPDenoiser) -> dict[str, Any]:
     return {"backbone": "diffusers", "unet_class": type(unet).__name__, "unet": config,
             "alphas_cumprod": list(denoiser.alphas_cumprod),
             "prediction_type": denoiser.prediction_type, "sigma_data": denoiser.sigma_data,
-            "in_channels": int(config["in_channels"]), "img_resolution": int(size), "label_dim": 0}
+            "in_channels": int(config["in_channels"]), "img_resolution": int(size), "label_dim": 0,
+            "condition_shape": None if denoiser.null_condition is None else list(denoiser.null_condition.shape)}
 
 
 def build_vp_denoiser(config: dict[str, Any]) -> VPDenoiser:
@@ -100,8 +133,28 @@ def build_vp_denoiser(config: dict[str, Any]) -> VPDenoiser:
     if config.get("unet_class") not in UNET_CLASSES:
         raise ValueError(f"unet_class must be one of {UNET_CLASSES}, got {config.get('unet_class')!r}")
     unet = getattr(diffusers, config["unet_class"]).from_config(config["unet"])
+    shape = config.get("condition_shape")
     return VPDenoiser(unet, torch.tensor(config["alphas_cumprod"]), config["prediction_type"],
-                      config.get("sigma_data", 0.5))
+                      config.get("sigma_data", 0.5), None if shape is None else torch.zeros(shape))
+
+
+def encode_prompts(folder: str | Path, prompts: list[str]) -> torch.Tensor:
+    """The text encoder's last hidden states of ``prompts`` (n, tokens, width): the folder's ``tokenizer/`` and
+    ``text_encoder/`` (a CLIP text model), read offline, each prompt padded or cut to the tokenizer's length."""
+    import transformers
+
+    folder = Path(folder)
+    missing = [p for p in ("tokenizer", "text_encoder/config.json") if not (folder / p).exists()]
+    if missing:
+        raise CheckpointError(f"{folder}: a text-conditioned UNet needs the folder's tokenizer and text encoder, and "
+                              f"{', '.join(missing)} is missing; copy the whole diffusers folder")
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+    encoder = transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
+                                                         local_files_only=True).eval()
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return encoder(ids).last_hidden_state.float()
 
 
 def _missing(folder: Path) -> list[str]:
@@ -135,4 +188,6 @@ def load_diffusers_teacher(folder: str | Path, dtype: torch.dtype = torch.float3
         raise CheckpointError(f"{folder}/scheduler: a {name}, which has no discrete variance-preserving schedule "
                               "(alphas_cumprod); the teacher must come from a DDPM-family model (epsilon or v "
                               "prediction), not a flow-matching one")
-    return VPDenoiser(unet.eval(), torch.as_tensor(scheduler.alphas_cumprod), scheduler.config.prediction_type)
+    null = encode_prompts(folder, [""]) if unet_class == "UNet2DConditionModel" else None
+    return VPDenoiser(unet.eval(), torch.as_tensor(scheduler.alphas_cumprod), scheduler.config.prediction_type,
+                      null_condition=null)

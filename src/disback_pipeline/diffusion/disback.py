@@ -167,7 +167,7 @@ def distill(teacher: Checkpoint, source: DataSource, path: DegradationPath | Non
             cb.on_record(rec)
     status = StatusLine("backtracking" if path else "baseline", cfg.budget, cfg.log_every)
     loop = _Loop(nets, path, walk, run, cb, cfg, store, status, Guard.for_device(f"stage 2 ({status.desc})", dev),
-                 dev, source, losses, target_net(nets, path, run.key))
+                 dev, source, losses, target_net(nets, path, run.key, cfg.guidance_scale))
     with progress(cfg.budget, status.desc) as bar:
         bar.update(run.first - 1)
         for it in range(run.first, cfg.budget + 1):

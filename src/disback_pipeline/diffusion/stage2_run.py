@@ -24,6 +24,7 @@ import torch
 from . import distributed
 from .checkpoint import Checkpoint
 from .config import DistillConfig
+from .diffusers_teacher import guided
 from .path import DegradationPath
 from .schedule import TEACHER, Walk, reaches_teacher
 from .state import StateStore
@@ -72,7 +73,7 @@ def rank_callbacks(callbacks: Callbacks | None, cfg: DistillConfig) -> Callbacks
 def switch_target(nets: Nets, path: DegradationPath | None, cfg: DistillConfig, run: Run, it: int,  # noqa: PLR0913
                   switch: tuple[str, str], on_switch) -> torch.nn.Module:
     """A change of target at iteration ``it``: ``switch`` is (new target, reason); returns the target network."""
-    run.key, target = switch[0], target_net(nets, path, switch[0])
+    run.key, target = switch[0], target_net(nets, path, switch[0], cfg.guidance_scale)
     if cfg.reset_optimizer and switch[1] != "start":
         nets.opt_g.state.clear()  # Adam's moments were fitted to the old target's gradients
     log.info("iteration %d: target is now %s (%s)", it, run.key if run.key == TEACHER else f"path node {run.key}",
@@ -82,12 +83,13 @@ def switch_target(nets: Nets, path: DegradationPath | None, cfg: DistillConfig, 
     return target
 
 
-def target_net(nets: Nets, path: DegradationPath | None, key: str) -> torch.nn.Module:
-    """The network that is target ``key``: the teacher, or the scratch copy loaded with that path node."""
+def target_net(nets: Nets, path: DegradationPath | None, key: str, guidance: float = 1.0) -> torch.nn.Module:
+    """The network that is target ``key``: the teacher, or the scratch copy loaded with that path node; under
+    classifier-free guidance ``guidance`` (:class:`.diffusers_teacher.Guided`; 1 = none)."""
     if key == TEACHER:
-        return nets.teacher
+        return guided(nets.teacher, guidance)
     path.load_into(nets.scratch, key)
-    return nets.scratch
+    return guided(nets.scratch, guidance)
 
 
 def make_walk(path: DegradationPath | None, cfg: DistillConfig) -> Walk:
