@@ -93,6 +93,15 @@ def test_our_heun_sampler_equals_diffusers_heun_scheduler(prediction):
     assert not close(wrong, x)  # the comparison tells the two parametrisations apart
 
 
+def tiny_vae(channels: int = 1):
+    """A 2-level AutoencoderKL: 8x8 images to 4x4x4 latents."""
+    torch.manual_seed(2)
+    return diffusers.AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=4,
+                                   down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                                   up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                                   block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1).eval()
+
+
 def save_folder(root, unet, scheduler) -> None:
     """A diffusers model folder; a text-conditioned UNet gets a tiny CLIP text encoder (2 layers, width 8) and a
     tokenizer whose vocabulary is the letters (each word becomes its letters), made here: nothing comes from the
@@ -249,23 +258,25 @@ def test_kedro_distill_from_a_diffusers_teacher(project):
 
 
 @pytest.mark.slow
-def test_kedro_distill_from_a_text_conditioned_teacher_with_guidance(project):
-    """A tiny UNet2DConditionModel with its CLIP text encoder on the digits, prompts from a file and guidance 2 on
-    the target: the whole distill pipeline runs; the teacher and the student carry the empty prompt's embedding,
-    and the student answers prompts."""
+def test_kedro_distill_from_a_latent_text_conditioned_teacher_with_guidance(project):
+    """A tiny latent text-to-image model on the digits (a VAE to 4x4x4 latents, a UNet2DConditionModel, a CLIP text
+    encoder), prompts from a file and guidance 2 on the target: the whole distill pipeline runs in the latent space,
+    the evaluation decodes for its features; the teacher and the student carry the empty prompt's embedding, and the
+    student answers prompts."""
     from disback_pipeline.diffusion.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+    unet = diffusers.UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
                                           block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
                                           attention_head_dim=2,
                                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                           up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
     folder = project.path / "data/01_raw/tiny_t2i"
     save_folder(folder, unet, diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
+    tiny_vae().save_pretrained(folder / "vae")
     (project.path / "data/01_raw/prompts.txt").write_text("a handwritten zero\na handwritten seven\n")
     project.edit("base", "parameters_data", data__prompts="data/01_raw/prompts.txt",
-                 data__text_encoder="data/01_raw/tiny_t2i")
+                 data__text_encoder="data/01_raw/tiny_t2i", data__vae="data/01_raw/tiny_t2i")
     project.edit("base", "parameters_teacher", teacher__mode="diffusers",
                  teacher__checkpoint_path="data/01_raw/tiny_t2i", teacher__report__num_samples=4,
                  shared__sampler__nfe=3)
@@ -283,10 +294,34 @@ def test_kedro_distill_from_a_text_conditioned_teacher_with_guidance(project):
     student = load_checkpoint(root / "06_models/generator_ema.pt")
     assert isinstance(student.net.unet, diffusers.UNet2DConditionModel)
     assert torch.equal(student.net.null_condition, null)
-    z, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 2.5)
+    z, sigma = torch.randn(2, 4, 4, 4), torch.full((2,), 2.5)  # the student's samples are latents
     text = encode_prompts(folder, ["a handwritten zero", "a handwritten seven"])
     with torch.no_grad():
         assert not torch.allclose(student.net(z, sigma, text[:1].expand(2, -1, -1)),
                                   student.net(z, sigma, text[1:].expand(2, -1, -1)))  # the prompt steers it
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
     assert metrics["student"]["fid"] > 0 and metrics["teacher"]["fid"] > 0
+
+
+@torch.no_grad()
+def test_latents_are_the_vaes_and_images_are_decoded_for_the_features(tmp_path):
+    from disback_pipeline.diffusion.data import LatentImages, make_data_source
+    from disback_pipeline.evaluation.quality import sample_generator
+
+    vae = tiny_vae()
+    vae.save_pretrained(tmp_path / "model/vae")
+    source = make_data_source({"source": "digits", "vae": str(tmp_path / "model")})
+    assert isinstance(source, LatentImages) and source.shape == (4, 4, 4) and source.pixels.shape == (1, 8, 8)
+    x, _ = source.pixels.sample(5, torch.Generator().manual_seed(0))
+    z, _ = source.sample(5, torch.Generator().manual_seed(0))
+    assert torch.equal(z, vae.encode(x).latent_dist.mean * vae.config.scaling_factor)  # the posterior's mean, scaled
+    assert torch.equal(source.to_pixels(z), vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1))
+    plain = make_data_source({"source": "digits"})
+    assert source.content_sha256() != plain.content_sha256()
+    generator = VPDenoiser(diffusers.UNet2DModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
+                                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                                 up_block_types=("UpBlock2D", "UpBlock2D")),
+                           diffusers.DDPMScheduler(**SD_BETAS).alphas_cumprod)
+    images, _ = sample_generator(generator, source, 3, 0, 2.5)
+    assert images.shape == (3, 1, 8, 8) and images.abs().max() <= 1  # what FID and the grids see

@@ -314,6 +314,7 @@ class DataConfig:
     workers: int = 2                  # image_folder: DataLoader processes decoding files (count; 0 = main process)
     prompts: str | None = None        # text-to-image: file of prompts (.txt, one a line; .csv/.parquet: `prompt`)
     text_encoder: str | None = None   # text-to-image: the diffusers folder whose tokenizer and text encoder embed them
+    vae: str | None = None            # latent teachers: the diffusers folder whose VAE (vae/) encodes and decodes
 
     def __post_init__(self):
         _at_least(self, 1, "num_modes", "size")

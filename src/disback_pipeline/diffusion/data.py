@@ -81,6 +81,15 @@ class DataSource:
         """A batch as stored, in [-1, 1] float32 (images kept as uint8 convert here; others are float already)."""
         return x
 
+    @property
+    def pixels(self) -> DataSource:
+        """The source whose images the features and the reference statistics see (itself, but for latents)."""
+        return self
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Generated samples as images (the identity, but for latents, which are decoded)."""
+        return x
+
     def one_hot(self, labels: torch.Tensor | None):
         if not self.conditional or labels is None:
             return None
@@ -478,6 +487,52 @@ def load_torchvision(name: str, root: str | Path, resolution: int | None = None,
     return UInt8Images(name, x, labels, 10, conditional)
 
 
+class LatentImages(DataSource):
+    """Images seen through a diffusers VAE (``AutoencoderKL``): generated samples live in its latent space
+    (``shape``), real images are encoded when drawn (the posterior's mean times the VAE's ``scaling_factor``), and
+    :meth:`to_pixels` decodes for whatever looks at images (features, FID, grids). :attr:`pixels` is the image
+    source itself, which the feature extractor and the reference statistics are built on."""
+
+    def __init__(self, pixels: DataSource, vae: torch.nn.Module, scaling_factor: float, batch_size: int = 256):
+        DataSource.__init__(self)
+        self._pixels, self.vae, self.scaling, self.batch_size = pixels, vae.eval(), float(scaling_factor), batch_size
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        c, h, w = pixels.shape
+        if h % factor or w % factor:
+            raise DataSourceError(f"{pixels.name}: images of {h}x{w} pixels do not divide by the VAE's downsampling "
+                                  f"factor {factor}; set data.resolution to a multiple of {factor}")
+        self.name, self.num_classes, self.conditional = pixels.name, pixels.num_classes, pixels.conditional
+        self.shape = (int(vae.config.latent_channels), h // factor, w // factor)
+
+    @property
+    def pixels(self) -> DataSource:
+        return self._pixels
+
+    def __len__(self):
+        return len(self._pixels)
+
+    def _content(self) -> tuple:
+        return (self._pixels.content_sha256(), self.scaling,
+                *(t.detach() for t in self.vae.state_dict().values()))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.vae.encode(x[i:i + self.batch_size].float()).latent_dist.mean * self.scaling
+                          for i in range(0, len(x), self.batch_size)])
+
+    @torch.no_grad()
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.vae.decode(x[i:i + self.batch_size].float() / self.scaling).sample.clamp(-1, 1)
+                          for i in range(0, len(x), self.batch_size)])
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        x, labels = self._pixels.sample(n, generator)
+        return self.encode(x), labels
+
+    def one_hot(self, labels):
+        return self._pixels.one_hot(labels)
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceOnEachMachine:
     """The data source as it travels to the ranks of a stage on several machines: each machine builds it from its
@@ -531,6 +586,12 @@ def make_data_source(cfg) -> DataSource:
         embeddings = encode_prompts(cfg["text_encoder"], prompts)
         return make_data_source({k: v for k, v in cfg.items() if k not in ("prompts", "text_encoder")}) \
             .with_prompts(prompts, embeddings)
+    if cfg.get("vae"):
+        from .diffusers_teacher import load_vae
+
+        vae = load_vae(cfg["vae"])
+        return LatentImages(make_data_source({k: v for k, v in cfg.items() if k != "vae"}), vae,
+                            vae.config.scaling_factor)
     kind = cfg.get("source")
     conditional = bool(cfg.get("conditional", False))
     if kind == "gmm2d":

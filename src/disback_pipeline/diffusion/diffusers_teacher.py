@@ -138,6 +138,17 @@ def build_vp_denoiser(config: dict[str, Any]) -> VPDenoiser:
                       config.get("sigma_data", 0.5), None if shape is None else torch.zeros(shape))
 
 
+def load_vae(folder: str | Path) -> nn.Module:
+    """The ``AutoencoderKL`` of a diffusers folder (``vae/``), read offline, for latent teachers."""
+    import diffusers
+
+    folder = Path(folder)
+    if not (folder / "vae/config.json").is_file():
+        raise CheckpointError(f"{folder}: no vae/config.json; data.vae must name a diffusers folder with its VAE "
+                              "(a latent teacher's own folder, usually teacher.checkpoint_path)")
+    return diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).eval()
+
+
 def encode_prompts(folder: str | Path, prompts: list[str]) -> torch.Tensor:
     """The text encoder's last hidden states of ``prompts`` (n, tokens, width): the folder's ``tokenizer/`` and
     ``text_encoder/`` (a CLIP text model), read offline, each prompt padded or cut to the tokenizer's length."""

@@ -109,7 +109,7 @@ def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: Samp
                         rho=sampler.rho).cpu()
            for i in range(0, n, step)]
     _sync(device)
-    return torch.cat(out), n / (time.perf_counter() - start)
+    return source.to_pixels(torch.cat(out)), n / (time.perf_counter() - start)  # latents decoded after the clock
 
 
 @torch.no_grad()
@@ -124,7 +124,7 @@ def sample_generator(generator, source: DataSource, n: int, seed: int, s_init: f
                              None if labels is None else labels[i:i + batch_size]).cpu()
            for i in range(0, n, batch_size)]
     _sync(device)
-    return torch.cat(out), n / (time.perf_counter() - start)
+    return source.to_pixels(torch.cat(out)), n / (time.perf_counter() - start)
 
 
 def _device_of(net) -> torch.device:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def build_feature_extractor(data: Data, evaluation) -> FeatureSpec:
     """Train the ``domain`` classifier, or check the local Inception file; 2-D data need none."""
-    source = as_data(data).source
+    source = as_data(data).source.pixels  # latents: the features are of the decoded images
     if isinstance(source, GaussianMixture2D):
         return FeatureSpec("none")
     cfg = typed(evaluation, EvaluationConfig, "evaluation")
@@ -35,7 +35,7 @@ def build_reference_stats(feature_extractor: FeatureSpec, data: Data, evaluation
     """Mean/covariance of the real data's features (2-D: of exact samples) and their hash; with
     ``evaluation.reference_path`` of that folder's images instead of the training data."""
     cfg = typed(evaluation, EvaluationConfig, "evaluation")
-    source = reference_source(as_data(data), cfg)
+    source = reference_source(as_data(data), cfg).pixels
     n = cfg.reference_samples
     if isinstance(source, GaussianMixture2D):
         n = n or 10000  # exact samples: 0 (the whole set) has no meaning for a density
