@@ -325,3 +325,44 @@ def test_latents_are_the_vaes_and_images_are_decoded_for_the_features(tmp_path):
                            diffusers.DDPMScheduler(**SD_BETAS).alphas_cumprod)
     images, _ = sample_generator(generator, source, 3, 0, 2.5)
     assert images.shape == (3, 1, 8, 8) and images.abs().max() <= 1  # what FID and the grids see
+
+
+@torch.no_grad()
+def test_the_exported_student_draws_generates_latents_in_diffusers_own_pipeline(tmp_path):
+    """A student of a latent text-to-image teacher written as a diffusers folder: StableDiffusionPipeline loads it
+    offline and, given the same latents, one step at s_init and no guidance, returns what `generate` draws."""
+    from disback_pipeline.diffusion.checkpoint import Checkpoint, save_checkpoint
+    from disback_pipeline.diffusion.diffusers_teacher import network_config
+    from disback_pipeline.evaluation.samples import draw
+    from disback_pipeline.export_diffusers import export, main
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
+                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
+                                          attention_head_dim=2,
+                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    teacher = tmp_path / "teacher"
+    save_folder(teacher, unet, diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
+    tiny_vae().save_pretrained(teacher / "vae")
+    net = load_diffusers_teacher(teacher)
+    for p in net.parameters():  # a student: the teacher's weights, moved
+        p.add_(0.01 * torch.randn_like(p))
+    student = Checkpoint(net, network_config(net), {"role": "generator", "s_init": 2.5, "method": "disback",
+                                                    "loss": "di", "step": 4})
+    save_checkpoint(student, tmp_path / "generator_ema.pt")
+    (ours,) = draw(student, [3, 4])  # what `python -m disback_pipeline.generate --seeds 3-4` writes (latents)
+
+    out = export(tmp_path / "generator_ema.pt", tmp_path / "student", teacher)
+    assert json.loads((out / "disback.json").read_text())["s_init"] == 2.5
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    z = torch.stack([torch.randn((4, 4, 4), generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    theirs = pipe(prompt=["", ""], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z, output_type="latent").images
+    assert close(theirs, ours), float((theirs - ours).abs().max())
+    images = pipe(prompt=["", ""], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8)  # decoded by the teacher's VAE
+
+    assert main([str(tmp_path / "generator_ema.pt"), str(out), "--teacher", str(teacher)]) == 1  # not over a folder
+    save_checkpoint(Checkpoint(net, network_config(net), {"role": "teacher"}), tmp_path / "teacher.pt")
+    with pytest.raises(CheckpointError, match="only one-step students"):
+        export(tmp_path / "teacher.pt", tmp_path / "other", teacher)

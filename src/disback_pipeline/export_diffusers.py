@@ -1,0 +1,95 @@
+"""Write a one-step student of a diffusers teacher as a diffusers model folder.
+
+    python -m disback_pipeline.export_diffusers data/base/06_models/generator_ema.pt student/ --teacher FOLDER
+
+The folder holds the student's UNet (``unet/``, safetensors) and an ``EulerDiscreteScheduler`` for the one step
+(``scheduler/``); the teacher folder's other components (VAE, text encoder, tokenizer) are copied beside them.
+The student maps z to D_G(s_init z; s_init): one Euler step from sigma = s_init to 0 is exactly that, so with a
+text-conditioned teacher and its VAE, diffusers' ``StableDiffusionPipeline`` loads the folder and draws the
+student's images with
+
+    pipe(prompt, sigmas=[s_init, 0.0], guidance_scale=1.0)   # s_init is in the folder's disback.json
+
+(guidance is distilled into the student: the pipeline must not guide again). The same latents give the same
+images as ``python -m disback_pipeline.generate`` (tests/test_diffusers_teacher.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from .diffusion.checkpoint import CheckpointError, load_checkpoint
+
+log = logging.getLogger("disback_pipeline.export_diffusers")
+
+COPIED = ("vae", "text_encoder", "tokenizer")
+
+
+def export(checkpoint: str | Path, out: str | Path, teacher: str | Path) -> Path:
+    """Write ``checkpoint`` (a student of a diffusers teacher) to the folder ``out``; returns it."""
+    import diffusers
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.config.get("backbone") != "diffusers" or ckpt.metadata.get("role") != "generator":
+        raise CheckpointError(f"{checkpoint}: a {ckpt.metadata.get('role')} with backbone "
+                              f"{ckpt.config.get('backbone')!r}; only one-step students of a diffusers teacher "
+                              "(teacher.mode: diffusers) export as diffusers folders")
+    teacher, out = Path(teacher), Path(out)
+    if not (teacher / "scheduler/scheduler_config.json").is_file():
+        raise CheckpointError(f"{teacher}: not the teacher's diffusers folder (no scheduler/scheduler_config.json)")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; name a new folder")
+    s_init = float(ckpt.metadata["s_init"])
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.net.unet.save_pretrained(out / "unet")
+    teacher_scheduler = json.loads((teacher / "scheduler/scheduler_config.json").read_text())
+    # the teacher's schedule (betas), one Euler step: "trailing" spacing makes the initial noise sigmas.max(),
+    # which is s_init when the pipeline is given sigmas=[s_init, 0]
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        teacher_scheduler, prediction_type=ckpt.net.prediction_type, timestep_spacing="trailing")
+    scheduler.save_pretrained(out / "scheduler")
+    for part in COPIED:
+        if (teacher / part).is_dir():
+            shutil.copytree(teacher / part, out / part)
+    index = json.loads((teacher / "model_index.json").read_text()) if (teacher / "model_index.json").is_file() \
+        else {}
+    if ckpt.net.null_condition is not None and all((out / p).is_dir() for p in COPIED):
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                 **{k: v for k, v in index.items() if not k.startswith("_")},
+                 "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                 "safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
+                 "requires_safety_checker": False}
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    (out / "disback.json").write_text(json.dumps({
+        "s_init": s_init, "call": f"pipe(prompt, sigmas=[{s_init}, 0.0], guidance_scale=1.0)",
+        "method": ckpt.metadata.get("method"), "loss": ckpt.metadata.get("loss"),
+        "step": ckpt.metadata.get("step")}, indent=2))
+    log.info("wrote %s (one step at sigma %g)", out, s_init)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m disback_pipeline.export_diffusers",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", help="the student (.pt), e.g. data/base/06_models/generator_ema.pt")
+    ap.add_argument("out", help="a new folder")
+    ap.add_argument("--teacher", required=True, help="the teacher's diffusers folder (teacher.checkpoint_path)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        export(args.checkpoint, args.out, args.teacher)
+    except (CheckpointError, FileExistsError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
