@@ -359,8 +359,23 @@ def test_the_exported_student_draws_generates_latents_in_diffusers_own_pipeline(
     z = torch.stack([torch.randn((4, 4, 4), generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
     theirs = pipe(prompt=["", ""], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z, output_type="latent").images
     assert close(theirs, ours), float((theirs - ours).abs().max())
-    images = pipe(prompt=["", ""], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z, output_type="pt").images
-    assert images.shape == (2, 1, 8, 8)  # decoded by the teacher's VAE
+    # with a prompt, through the command: `generate --diffusers FOLDER --prompt TEXT` writes the images the pipeline
+    # decodes (uint8 PNGs from [-1, 1]; the pipeline's [0, 1] images scaled alike)
+    import numpy as np
+    from PIL import Image
+
+    from disback_pipeline.generate import main as generate
+
+    assert generate([str(tmp_path / "generator_ema.pt"), "--seeds", "3-4", "--out", str(tmp_path / "png"),
+                     "--diffusers", str(teacher), "--prompt", "a cat"]) == 0
+    written = np.stack([np.asarray(Image.open(tmp_path / f"png/{s:06d}.png")) for s in (3, 4)])
+    images = pipe(prompt=["a cat", "a cat"], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z,
+                  output_type="pt").images  # decoded by the teacher's VAE, in [0, 1]
+    assert images.shape == (2, 1, 8, 8)
+    expected = (images[:, 0] * 255).round().numpy().astype(np.int16)
+    assert np.abs(written.astype(np.int16) - expected).max() <= 1  # one grey level: rounding of [-1, 1] vs [0, 1]
+    assert generate([str(tmp_path / "generator_ema.pt"), "--seeds", "0", "--out", str(tmp_path / "x"),
+                     "--prompt", "a cat"]) == 2  # a prompt needs the folder whose encoder embeds it
 
     assert main([str(tmp_path / "generator_ema.pt"), str(out), "--teacher", str(teacher)]) == 1  # not over a folder
     save_checkpoint(Checkpoint(net, network_config(net), {"role": "teacher"}), tmp_path / "teacher.pt")

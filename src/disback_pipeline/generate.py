@@ -7,7 +7,8 @@
 ``--out`` ending in .npz writes one uint8 NHWC array (``arr_0``); a folder gets
 one PNG per seed (``000042.png``); 2-D data go to a .npy of float32 (N, 2).
 A one-step student (``role: generator``) samples in one step; a teacher runs
-the Heun sampler with ``--nfe`` evaluations.
+the Heun sampler with ``--nfe`` evaluations. A student of a diffusers teacher takes the teacher's folder
+(``--diffusers``): its text encoder embeds ``--prompt``, its VAE decodes the latents.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--class", dest="class_label", type=int, default=None, help="class of every sample")
     ap.add_argument("--nfe", type=int, default=35, help="Heun evaluations when the checkpoint is a teacher")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--diffusers", default=None, help="a diffusers teacher's folder: its text encoder embeds "
+                    "--prompt, its VAE (if any) decodes the latents")
+    ap.add_argument("--prompt", default=None, help="text for every sample (with --diffusers; default: the empty one)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         check_class(ckpt, args.class_label)
         sampler = SamplerConfig(nfe=args.nfe)
+        condition, decode = diffusers_parts(ckpt, args.diffusers, args.prompt)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start, parts = time.perf_counter(), []
     with tqdm(total=len(seeds), desc="generate", disable=not sys.stderr.isatty()) as bar:
-        for x in draw(ckpt, seeds, args.batch, args.class_label, select_device(args.device), sampler):
+        for x in draw(ckpt, seeds, args.batch, args.class_label, select_device(args.device), sampler, condition):
+            x = decode(x)
             parts.append(x.numpy().astype(np.float32) if vector else to_uint8(x))
             bar.update(len(x))
     elapsed = time.perf_counter() - start
@@ -73,6 +79,29 @@ def main(argv: list[str] | None = None) -> int:
              "one step" if ckpt.metadata.get("role") == "generator" else f"Heun NFE {args.nfe}", out, elapsed,
              len(seeds) / elapsed)
     return 0
+
+
+def diffusers_parts(ckpt, folder: str | None, prompt: str | None):
+    """For a student of a diffusers teacher: the prompt's embedding (or None) and the latents' decoder (the identity
+    for pixel models)."""
+    if folder is None:
+        if prompt is not None:
+            raise ValueError("--prompt needs --diffusers FOLDER, the teacher's folder whose text encoder embeds it")
+        return None, lambda x: x
+    if ckpt.config.get("backbone") != "diffusers":
+        raise ValueError(f"--diffusers is for students of a diffusers teacher; {ckpt.config.get('backbone')!r} is not")
+    from .diffusion.data import decode_latents
+    from .diffusion.diffusers_teacher import encode_prompts, load_vae
+
+    condition = None
+    if ckpt.net.null_condition is not None:
+        condition = encode_prompts(folder, [prompt or ""])
+    elif prompt is not None:
+        raise ValueError("--prompt given, but the model is not text-conditioned")
+    if not (Path(folder) / "vae").is_dir():
+        return condition, lambda x: x
+    vae = load_vae(folder)
+    return condition, lambda x: decode_latents(vae, x)
 
 
 if __name__ == "__main__":

@@ -487,6 +487,14 @@ def load_torchvision(name: str, root: str | Path, resolution: int | None = None,
     return UInt8Images(name, x, labels, 10, conditional)
 
 
+@torch.no_grad()
+def decode_latents(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Latents (scaled by the VAE's ``scaling_factor``) decoded to images in [-1, 1], ``batch_size`` at a time."""
+    scaling = float(vae.config.scaling_factor)
+    return torch.cat([vae.decode(x[i:i + batch_size].float() / scaling).sample.clamp(-1, 1)
+                      for i in range(0, len(x), batch_size)])
+
+
 class LatentImages(DataSource):
     """Images seen through a diffusers VAE (``AutoencoderKL``): generated samples live in its latent space
     (``shape``), real images are encoded when drawn (the posterior's mean times the VAE's ``scaling_factor``), and
@@ -520,10 +528,8 @@ class LatentImages(DataSource):
         return torch.cat([self.vae.encode(x[i:i + self.batch_size].float()).latent_dist.mean * self.scaling
                           for i in range(0, len(x), self.batch_size)])
 
-    @torch.no_grad()
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.vae.decode(x[i:i + self.batch_size].float() / self.scaling).sample.clamp(-1, 1)
-                          for i in range(0, len(x), self.batch_size)])
+        return decode_latents(self.vae, x, self.batch_size)
 
     def sample(self, n: int, generator: torch.Generator | None = None):
         x, labels = self._pixels.sample(n, generator)

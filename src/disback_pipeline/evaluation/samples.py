@@ -62,9 +62,12 @@ def check_class(ckpt: Checkpoint, class_label: int | None) -> int:
 
 
 @torch.no_grad()
-def draw(ckpt: Checkpoint, seeds: list[int], batch: int = 64, class_label: int | None = None,
-         device: str | torch.device = "cpu", sampler: SamplerConfig | None = None) -> Iterator[torch.Tensor]:
+def draw(ckpt: Checkpoint, seeds: list[int], batch: int = 64, class_label: int | None = None,  # noqa: PLR0913
+         device: str | torch.device = "cpu", sampler: SamplerConfig | None = None,
+         condition: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Samples of ``ckpt`` for ``seeds``, ``batch`` at a time (CPU tensors in data units).
+
+    ``condition`` (1, tokens, width), a prompt's embedding, conditions every sample of a text-conditioned model.
 
     A one-step generator (``role: generator``) maps each latent in one step at its ``s_init``; a teacher
     runs the Heun sampler (``sampler``, NFE 35 by default). Vector data are computed one sample at a time
@@ -79,6 +82,8 @@ def draw(ckpt: Checkpoint, seeds: list[int], batch: int = 64, class_label: int |
         pairs = [_latent_and_label(s, shape, label_dim, class_label) for s in seeds[i:i + batch]]
         z = torch.stack([p[0] for p in pairs]).to(device)
         labels = torch.stack([p[1] for p in pairs]).to(device) if label_dim else None
+        if condition is not None:
+            labels = condition.to(device).expand(len(z), -1, -1)
         chunks = [slice(j, j + 1) for j in range(len(z))] if len(shape) == 1 else [slice(0, len(z))]
         out = []
         for c in chunks:
