@@ -79,6 +79,22 @@ def test_edm_env_names_missing_files(env, tmp_path, monkeypatch):
         build_feature_extractor(params["data"], params["evaluation"])
 
 
+def test_sd15_env_names_its_missing_folder(tmp_path, monkeypatch):
+    """The text-to-image environment without its diffusers folder: the teacher and the data fail naming it."""
+    from disback_pipeline.diffusion.checkpoint import CheckpointError
+    from disback_pipeline.parameters import as_data
+
+    monkeypatch.chdir(tmp_path)
+    params = _params("sd15")
+    assert params["teacher"]["mode"] == "diffusers" and params["backtracking"]["guidance_scale"] == 1.75
+    with pytest.raises(CheckpointError, match=r"stable-diffusion-v1-5: no such folder.*nothing is downloaded"):
+        train_or_load_teacher(params["data"], params["teacher"])
+    (tmp_path / "data/01_raw").mkdir(parents=True)
+    (tmp_path / "data/01_raw/sd15-prompts.txt").write_text("a photo of a cat\n")
+    with pytest.raises(CheckpointError, match=r"stable-diffusion-v1-5.*tokenizer, text_encoder/config.json"):
+        as_data(params["data"]).source  # noqa: B018 - building the source is what fails
+
+
 @pytest.mark.slow
 def test_environments_write_their_own_trees_and_a_rerun_reuses_finished_stages(project):
     """toy2d, then base, then toy2d again: each environment keeps its outputs; the second toy2d run trains
