@@ -24,6 +24,8 @@ from disback_pipeline.diffusion.diffusers_teacher import (
 )
 from disback_pipeline.diffusion.sampling import heun_sampler
 
+from .test_distill_pipeline import _tiny_digits
+
 SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 REL = 1e-5  # of the largest magnitude compared
 
@@ -33,9 +35,9 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def tiny_unet(conditional: bool = False):
+def tiny_unet(conditional: bool = False, sample_size: int = 8):
     torch.manual_seed(0)
-    common = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+    common = {"sample_size": sample_size, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
               "block_out_channels": (8, 16), "norm_num_groups": 4}
     if conditional:
         return diffusers.UNet2DConditionModel(**common, cross_attention_dim=8, attention_head_dim=2,
@@ -102,6 +104,44 @@ def tiny_vae(channels: int = 1):
                                    block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1).eval()
 
 
+def char_tokenizer(root):
+    """A CLIP tokenizer whose vocabulary is the letters (each word becomes its letters), written to ``root``."""
+    import transformers
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase:
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16,
+                                      pad_token="<|endoftext|>", unk_token="<|endoftext|>"), len(vocab)
+
+
+def save_clip(root) -> None:
+    """A tiny CLIP model (vision: 8x8 images in 4x4 patches; text: the letters) and its tokenizer in ``root``."""
+    import transformers
+
+    tokenizer, vocab_size = char_tokenizer(root / "vocab")
+    torch.manual_seed(3)
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": vocab_size, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 8, "patch_size": 4},
+        projection_dim=8)
+    transformers.CLIPModel(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+
+
+def save_latent_t2i(root) -> None:
+    """A tiny latent text-to-image folder: VAE (8x8 images to 4x4x4 latents), text-conditioned UNet, epsilon."""
+    save_folder(root, tiny_unet(conditional=True, sample_size=4),
+                diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
+    tiny_vae().save_pretrained(root / "vae")
+
+
 def save_folder(root, unet, scheduler) -> None:
     """A diffusers model folder; a text-conditioned UNet gets a tiny CLIP text encoder (2 layers, width 8) and a
     tokenizer whose vocabulary is the letters (each word becomes its letters), made here: nothing comes from the
@@ -112,16 +152,10 @@ def save_folder(root, unet, scheduler) -> None:
     scheduler.save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({"_class_name": "DiffusionPipeline"}))
     if isinstance(unet, diffusers.UNet2DConditionModel):
-        vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-        for c in string.ascii_lowercase:
-            vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-        (root / "vocab.json").write_text(json.dumps(vocab))
-        (root / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16,
-                                               pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+        tokenizer, vocab_size = char_tokenizer(root / "vocab")
         tokenizer.save_pretrained(root / "tokenizer")
         torch.manual_seed(1)
-        config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=8, intermediate_size=16,
+        config = transformers.CLIPTextConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=16,
                                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
                                              bos_token_id=0, eos_token_id=1, pad_token_id=1)
         transformers.CLIPTextModel(config).save_pretrained(root / "text_encoder")
@@ -233,15 +267,9 @@ def test_kedro_distill_from_a_diffusers_teacher(project):
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     scheduler = diffusers.DDPMScheduler(**SD_BETAS, prediction_type="v_prediction")
     save_folder(project.path / "data/01_raw/tiny_diffusers", unet, scheduler)
+    _tiny_digits(project, budget=4, eval_every=2)  # the digits run at seconds' size, its teacher from the folder
     project.edit("base", "parameters_teacher", teacher__mode="diffusers",
-                 teacher__checkpoint_path="data/01_raw/tiny_diffusers", teacher__report__num_samples=4,
-                 shared__sampler__nfe=3)
-    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
-                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
-    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
-                 backtracking__batch_size=4, backtracking__eval_every=2)
-    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
-                 backtracking__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+                 teacher__checkpoint_path="data/01_raw/tiny_diffusers")
     project.run("distill")
     root = project.path / "data/base"
     teacher = load_checkpoint(root / "06_models/teacher.pt")
@@ -265,27 +293,16 @@ def test_kedro_distill_from_a_latent_text_conditioned_teacher_with_guidance(proj
     student answers prompts."""
     from disback_pipeline.diffusion.checkpoint import load_checkpoint
 
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
-                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
-                                          attention_head_dim=2,
-                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
     folder = project.path / "data/01_raw/tiny_t2i"
-    save_folder(folder, unet, diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
-    tiny_vae().save_pretrained(folder / "vae")
+    save_latent_t2i(folder)
     (project.path / "data/01_raw/prompts.txt").write_text("a handwritten zero\na handwritten seven\n")
     project.edit("base", "parameters_data", data__prompts="data/01_raw/prompts.txt",
                  data__text_encoder="data/01_raw/tiny_t2i", data__vae="data/01_raw/tiny_t2i")
+    _tiny_digits(project, budget=4, eval_every=2, backtracking__guidance_scale=2.0)
+    save_clip(project.path / "data/01_raw/clip")
+    project.edit("base", "parameters_evaluation", evaluation__clip_path="data/01_raw/clip")
     project.edit("base", "parameters_teacher", teacher__mode="diffusers",
-                 teacher__checkpoint_path="data/01_raw/tiny_t2i", teacher__report__num_samples=4,
-                 shared__sampler__nfe=3)
-    project.edit("base", "parameters_degradation", degradation__k1=4, degradation__n_nodes=2,
-                 degradation__batch_size=4, degradation__candidates=4, degradation__probe_size=8)
-    project.edit("base", "parameters_backtracking", backtracking__k2=2, backtracking__budget=4,
-                 backtracking__batch_size=4, backtracking__eval_every=2, backtracking__guidance_scale=2.0)
-    project.edit("base", "parameters_evaluation", evaluation__domain__steps=30, evaluation__n_samples=40,
-                 backtracking__proxy_samples=20, evaluation__grid_samples=4, evaluation__reference_samples=300)
+                 teacher__checkpoint_path="data/01_raw/tiny_t2i")
     project.run("distill")
     root = project.path / "data/base"
     teacher = load_checkpoint(root / "06_models/teacher.pt")
@@ -301,6 +318,7 @@ def test_kedro_distill_from_a_latent_text_conditioned_teacher_with_guidance(proj
                                   student.net(z, sigma, text[1:].expand(2, -1, -1)))  # the prompt steers it
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
     assert metrics["student"]["fid"] > 0 and metrics["teacher"]["fid"] > 0
+    assert 0 <= metrics["student"]["clip_score"] <= 100 and 0 <= metrics["teacher"]["clip_score"] <= 100
 
 
 @torch.no_grad()
@@ -336,15 +354,8 @@ def test_the_exported_student_draws_generates_latents_in_diffusers_own_pipeline(
     from disback_pipeline.evaluation.samples import draw
     from disback_pipeline.export_diffusers import export, main
 
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1,
-                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
-                                          attention_head_dim=2,
-                                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
     teacher = tmp_path / "teacher"
-    save_folder(teacher, unet, diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
-    tiny_vae().save_pretrained(teacher / "vae")
+    save_latent_t2i(teacher)
     net = load_diffusers_teacher(teacher)
     for p in net.parameters():  # a student: the teacher's weights, moved
         p.add_(0.01 * torch.randn_like(p))
@@ -381,3 +392,30 @@ def test_the_exported_student_draws_generates_latents_in_diffusers_own_pipeline(
     save_checkpoint(Checkpoint(net, network_config(net), {"role": "teacher"}), tmp_path / "teacher.pt")
     with pytest.raises(CheckpointError, match="only one-step students"):
         export(tmp_path / "teacher.pt", tmp_path / "other", teacher)
+
+
+@torch.no_grad()
+def test_clip_score_is_100_times_the_cosine_of_clips_embeddings(tmp_path):
+    from disback_pipeline.evaluation.clip_score import ClipScoreError, clip_score, load_clip
+
+    save_clip(tmp_path / "clip")
+    model, tokenizer = load_clip(tmp_path / "clip")
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    prompts = ["a cat", "a dog", "seven"]
+    pixels = ((images + 1) / 2).expand(-1, 3, -1, -1)  # the model's own size already: no resampling
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    ids = tokenizer(prompts, padding="max_length", max_length=16, return_tensors="pt")
+    out = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask,
+                pixel_values=(pixels - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))  # CLIP's forward: unit embeds
+    by_hand = float((100 * (out.image_embeds * out.text_embeds).sum(-1)).clamp_min(0).mean())
+    assert clip_score(model, tokenizer, images, prompts) == pytest.approx(by_hand, rel=1e-5)
+    assert clip_score(model, tokenizer, images, prompts, batch_size=2) == pytest.approx(by_hand, rel=1e-5)
+    with pytest.raises(ValueError, match="one prompt an image"):
+        clip_score(model, tokenizer, images, prompts[:2])
+    with pytest.raises(ClipScoreError, match="evaluation.clip_path.*FID runs"):
+        load_clip(tmp_path / "absent")
+    # a run that names a CLIP model it does not have stops before anything trains (with the feature extractor)
+    from disback_pipeline.pipelines.reference.nodes import build_feature_extractor
+
+    with pytest.raises(ClipScoreError, match="no CLIP model at"):
+        build_feature_extractor({"source": "digits"}, {"clip_path": str(tmp_path / "absent")})

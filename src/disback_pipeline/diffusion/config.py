@@ -441,6 +441,7 @@ class EvaluationConfig:
     device: Device = "auto"           # where the final samples are drawn
     grid_samples: int = 64            # images per sample grid (count)
     seed: int = 0                     # latent seed shared by every evaluation
+    clip_path: str | None = None      # text-to-image: a local CLIP model folder for the CLIP score (null = none)
 
     def __post_init__(self):
         _at_least(self, 0, "reference_samples")

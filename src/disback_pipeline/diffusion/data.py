@@ -95,10 +95,14 @@ class DataSource:
             return None
         return F.one_hot(labels.long(), self.num_classes).float()
 
+    def prompt_indices(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Which prompt each of ``n`` generated samples gets (the draw :meth:`random_labels` makes)."""
+        return torch.randint(len(self.prompts), (n,), generator=generator)
+
     def random_labels(self, n: int, generator: torch.Generator | None = None):
         """Class labels for generated samples (one-hot), prompt embeddings (text), or None if unconditional."""
         if self.prompt_embeddings is not None:
-            return self.prompt_embeddings[torch.randint(len(self.prompts), (n,), generator=generator)]
+            return self.prompt_embeddings[self.prompt_indices(n, generator)]
         if not self.conditional:
             return None
         return self.one_hot(torch.randint(self.num_classes, (n,), generator=generator))

@@ -8,6 +8,7 @@ metrics against the true density (see :mod:`.metrics`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from ..diffusion.sampling import heun_sampler, latents, one_step_generate
 from ..diffusion.training import select_device
 from .features import FeatureSpec
 from .metrics import gmm_metrics
+
+log = logging.getLogger(__name__)
 
 CHUNK = 500  # rows per step of the moment sums (the reference images stream through in batches of this size)
 
@@ -193,4 +196,14 @@ def teacher_vs_student(teacher: Checkpoint, student: Checkpoint, source: DataSou
     if features.test_accuracy is not None:
         metrics["extractor_test_accuracy"] = features.test_accuracy
     metrics["throughput_ratio"] = tps_student / tps_teacher
+    if source.prompts and cfg.clip_path is None:
+        log.info("text-conditioned samples: set evaluation.clip_path to a local CLIP model for the CLIP score")
+    elif source.prompts:
+        from .clip_score import clip_score, load_clip
+
+        model, tokenizer = load_clip(cfg.clip_path)
+        drawn = source.prompt_indices(cfg.n_samples, torch.Generator().manual_seed(cfg.seed))
+        texts = [source.prompts[i] for i in drawn]
+        for role, x in (("teacher", x_teacher), ("student", x_student)):  # the prompts each sample was drawn with
+            metrics[role]["clip_score"] = clip_score(model, tokenizer, x, texts)
     return metrics, {"teacher": x_teacher, "student": x_student, "initial_generator": x_init}

@@ -8,6 +8,7 @@ import torch
 
 from ...diffusion.config import EvaluationConfig
 from ...diffusion.data import GaussianMixture2D, iterate
+from ...evaluation.clip_score import check_clip
 from ...evaluation.features import FeatureSpec, inception_extractor, train_domain_classifier
 from ...evaluation.quality import CHUNK, Moments, reference_statistics
 from ...parameters import Data, as_data, reference_source, typed
@@ -22,6 +23,8 @@ def build_feature_extractor(data: Data, evaluation) -> FeatureSpec:
     if isinstance(source, GaussianMixture2D):
         return FeatureSpec("none")
     cfg = typed(evaluation, EvaluationConfig, "evaluation")
+    if cfg.clip_path is not None:
+        check_clip(cfg.clip_path)  # before anything trains, not after
     if cfg.extractor == "inception":
         inception_extractor(cfg.inception_path, cfg.inception_mode)  # fails early with the fix if absent
         return FeatureSpec("inception", inception_path=str(cfg.inception_path), mode=cfg.inception_mode)
