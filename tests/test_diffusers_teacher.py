@@ -419,3 +419,23 @@ def test_clip_score_is_100_times_the_cosine_of_clips_embeddings(tmp_path):
 
     with pytest.raises(ClipScoreError, match="no CLIP model at"):
         build_feature_extractor({"source": "digits"}, {"clip_path": str(tmp_path / "absent")})
+
+
+@torch.no_grad()
+def test_the_prompt_grid_has_one_row_a_prompt_with_the_same_latents(tmp_path):
+    from disback_pipeline.diffusion.data import make_data_source
+    from disback_pipeline.evaluation.quality import prompt_rows
+    from disback_pipeline.reporting import prompt_grid_figure
+
+    save_latent_t2i(tmp_path / "model")
+    (tmp_path / "prompts.txt").write_text("a zero\na seven\nan eight\n")
+    folder = str(tmp_path / "model")
+    source = make_data_source({"source": "digits", "prompts": str(tmp_path / "prompts.txt"), "text_encoder": folder,
+                               "vae": folder})
+    net = load_diffusers_teacher(tmp_path / "model")
+    rows = prompt_rows(net, source, 2.5, prompts=2, per_prompt=3)
+    assert [p for p, _ in rows] == ["a zero", "a seven"] and all(x.shape == (3, 1, 8, 8) for _, x in rows)
+    assert not torch.allclose(rows[0][1], rows[1][1])  # the prompt, not the latents, differs between rows
+    assert torch.equal(rows[0][1], prompt_rows(net, source, 2.5, prompts=1, per_prompt=3)[0][1])  # seeded latents
+    fig = prompt_grid_figure(rows, "student")
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["a zero", "a seven"]

@@ -59,6 +59,25 @@ def samples_figure(samples: torch.Tensor, title: str, reference: torch.Tensor | 
     return fig
 
 
+def prompt_grid_figure(rows: list[tuple[str, torch.Tensor]], title: str):
+    """One row a prompt: its text, then its samples side by side (text-conditioned models)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(max(1, len(rows)), 1, figsize=(8, 1.3 * max(1, len(rows)) + 0.4), squeeze=False)
+    for ax, (prompt, x) in zip(axes[:, 0], rows):
+        grid = image_grid(x, ncols=len(x))
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(prompt if len(prompt) <= 80 else prompt[:77] + "...", fontsize=8, loc="left")
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def switch_grid_figure(snapshots: list[tuple[int, str, torch.Tensor]], title: str):
     """One panel per change of target: the EMA generator's samples at that moment."""
     n = max(1, len(snapshots))

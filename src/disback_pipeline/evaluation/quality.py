@@ -130,6 +130,20 @@ def sample_generator(generator, source: DataSource, n: int, seed: int, s_init: f
     return source.to_pixels(torch.cat(out)), n / (time.perf_counter() - start)
 
 
+@torch.no_grad()
+def prompt_rows(generator, source: DataSource, s_init: float, prompts: int = 8, per_prompt: int = 8,
+                seed: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """The one-step generator's samples for each of the first ``prompts`` prompts: the same ``per_prompt`` latents
+    (``seed``) under every prompt, decoded; the rows of a prompt grid."""
+    device = _device_of(generator)
+    z = latents(per_prompt, source.shape, seed, device)
+    rows = []
+    for i, prompt in enumerate(source.prompts[:prompts]):
+        condition = source.prompt_embeddings[i:i + 1].to(device).expand(per_prompt, -1, -1)
+        rows.append((prompt, source.to_pixels(one_step_generate(generator, z, s_init, condition).cpu())))
+    return rows
+
+
 def _device_of(net) -> torch.device:
     """The device a network's weights live on (latents and labels follow it); CPU for a weightless one."""
     return next((p.device for p in net.parameters()), torch.device("cpu"))

@@ -11,9 +11,9 @@ from ...diffusion.config import EvaluationConfig, SharedConfig
 from ...diffusion.state import weights_sha256
 from ...diffusion.teacher import check_teacher_fits
 from ...evaluation.features import FeatureSpec
-from ...evaluation.quality import teacher_vs_student
+from ...evaluation.quality import prompt_rows, teacher_vs_student
 from ...parameters import Data, as_data, typed
-from ...reporting import curves_figure, samples_figure
+from ...reporting import curves_figure, prompt_grid_figure, samples_figure
 from ...tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
         ("teacher", f"teacher (Heun, NFE {sampler.nfe})"),
         ("initial_generator", f"initial generator (one step, s_init {s_init:g})"),
         ("student", f"student (one step, {metrics['student']['method']})"))]
+    if source.prompts:  # text-to-image: the student's grid is one row a prompt, the same latents in every row
+        figs[2] = prompt_grid_figure(prompt_rows(generator_ema_model.net, source, s_init, seed=cfg.seed),
+                                     f"student (one step, {metrics['student']['method']}): one row a prompt")
     curve = curves_figure({metrics["student"]["method"] or "student": backtracking_history}, f"proxy_{head}",
                           title="proxy quality during distillation (EMA generator)")
     return (metrics, *figs, curve)
