@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the longest files (a minute or more each on a 2-core machine): in parallel runs they start first, so that no
 # worker is left with one of them after the others have finished
 LONGEST_FIRST = ("test_tooling.py", "test_kill_resume.py", "test_machines.py", "test_distributed.py",
-                 "test_streaming.py", "test_toy2d_methods.py", "test_resume.py")
+                 "test_streaming.py", "test_toy2d_methods.py", "test_diffusers_teacher.py", "test_resume.py")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs the files in parallel worker processes (pytest-xdist), one per core: each worker and the
