@@ -21,17 +21,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from .diffusion.distributed import (
-    DONE_KEY,
-    STAGE_KEY,
-    MachinesError,
-    _agent,
-    _Job,
-    _machine_entry,
-    machine_config,
-    split_endpoint,
-    workers_in,
-)
+from .diffusion.distributed import DONE_KEY, STAGE_KEY, MachinesError, join_stage, split_endpoint
 
 log = logging.getLogger("disback_pipeline.worker")
 
@@ -52,23 +42,6 @@ def connect(endpoint: str, wait_s: float):
             time.sleep(1.0)
 
 
-def serve_stage(store, endpoint: str, stage: str, nproc: int) -> None:
-    """Run this machine's ranks of one stage."""
-    from torch.distributed.elastic.rendezvous.api import RendezvousClosedError
-
-    shared = dist.PrefixStore(f"disback/{stage}", store)
-    nnodes, join_timeout = int(shared.get("nnodes")), float(shared.get("join_timeout_s"))
-    log.info("stage %s: joining with %d rank(s) (%d machines)", stage[:8], nproc, nnodes)
-    config = machine_config(stage, endpoint, nnodes, nproc, join_timeout)
-    workers_in(store, stage, arriving=1)
-    try:
-        _agent(config, _machine_entry, lambda error_file: (_Job(stage, endpoint, False), error_file), nproc)
-    except RendezvousClosedError:  # it ended before this machine arrived
-        log.warning("stage %s ended before this worker joined; waiting for the next", stage[:8])
-        return
-    log.info("stage %s: done", stage[:8])
-
-
 def serve(endpoint: str, nproc: int, wait_s: float, poll_s: float = 0.5) -> int:
     store = connect(endpoint, wait_s)
     log.info("connected to the primary at %s", endpoint)
@@ -86,7 +59,7 @@ def serve(endpoint: str, nproc: int, wait_s: float, poll_s: float = 0.5) -> int:
         if stage is not None and stage not in served:
             served.add(stage)
             try:
-                serve_stage(store, endpoint, stage, nproc)
+                join_stage(store, endpoint, stage, nproc)
             except Exception as exc:
                 log.error("stage %s failed: %s", stage[:8], exc)
                 return 1

@@ -384,6 +384,24 @@ def _launch_machines(fn: Callable, args: tuple, kwargs: dict, nproc: int, backen
     return next(r.value for r in results.values() if isinstance(r, _Rank0))
 
 
+def join_stage(store, endpoint: str, stage: str, nproc: int) -> None:
+    """A worker's machine in ``stage``: count it in, then run its ``nproc`` ranks with the elastic agent until the
+    stage ends (the other half of :func:`_launch_machines`)."""
+    from torch.distributed.elastic.rendezvous.api import RendezvousClosedError
+
+    shared = dist.PrefixStore(f"disback/{stage}", store)
+    nnodes, join_timeout = int(shared.get("nnodes")), float(shared.get("join_timeout_s"))
+    log.info("stage %s: joining with %d rank(s) (%d machines)", stage[:8], nproc, nnodes)
+    config = machine_config(stage, endpoint, nnodes, nproc, join_timeout)
+    workers_in(store, stage, arriving=1)
+    try:
+        _agent(config, _machine_entry, lambda error_file: (_Job(stage, endpoint, False), error_file), nproc)
+    except RendezvousClosedError:  # it ended before this machine arrived
+        log.warning("stage %s ended before this worker joined; waiting for the next", stage[:8])
+        return
+    log.info("stage %s: done", stage[:8])
+
+
 def _machine_entry(job: _Job, error_file: str) -> Any:
     """One rank of a several-machine stage: take the stage from the primary's store, join the process group at
     its place (the primary's ranks first), run the function, and hand rank 0's result back."""
