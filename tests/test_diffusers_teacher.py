@@ -8,7 +8,6 @@ the network calls where diffusers stays in float32 (2e-7 of the largest value me
 from __future__ import annotations
 
 import json
-import string
 
 import diffusers
 import pytest
@@ -23,28 +22,16 @@ from disback_pipeline.diffusion.diffusers_teacher import (
     load_diffusers_teacher,
 )
 from disback_pipeline.diffusion.sampling import heun_sampler
+from disback_pipeline.tiny_t2i import SD_BETAS, save_clip, save_folder, save_latent_t2i, tiny_unet, tiny_vae
 
 from .test_distill_pipeline import _tiny_digits
 
-SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 REL = 1e-5  # of the largest magnitude compared
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def tiny_unet(conditional: bool = False, sample_size: int = 8):
-    torch.manual_seed(0)
-    common = {"sample_size": sample_size, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-              "block_out_channels": (8, 16), "norm_num_groups": 4}
-    if conditional:
-        return diffusers.UNet2DConditionModel(**common, cross_attention_dim=8, attention_head_dim=2,
-                                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
-    return diffusers.UNet2DModel(**common, attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -93,72 +80,6 @@ def test_our_heun_sampler_equals_diffusers_heun_scheduler(prediction):
                                     else "epsilon"), noise, nfe=9, sigma_min=float(scheduler.sigmas[-2]),
                          sigma_max=float(scheduler.sigmas[0]))
     assert not close(wrong, x)  # the comparison tells the two parametrisations apart
-
-
-def tiny_vae(channels: int = 1):
-    """A 2-level AutoencoderKL: 8x8 images to 4x4x4 latents."""
-    torch.manual_seed(2)
-    return diffusers.AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=4,
-                                   down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                                   up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-                                   block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1).eval()
-
-
-def char_tokenizer(root):
-    """A CLIP tokenizer whose vocabulary is the letters (each word becomes its letters), written to ``root``."""
-    import transformers
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase:
-        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    return transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16,
-                                      pad_token="<|endoftext|>", unk_token="<|endoftext|>"), len(vocab)
-
-
-def save_clip(root) -> None:
-    """A tiny CLIP model (vision: 8x8 images in 4x4 patches; text: the letters) and its tokenizer in ``root``."""
-    import transformers
-
-    tokenizer, vocab_size = char_tokenizer(root / "vocab")
-    torch.manual_seed(3)
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": vocab_size, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 8, "patch_size": 4},
-        projection_dim=8)
-    transformers.CLIPModel(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-
-
-def save_latent_t2i(root) -> None:
-    """A tiny latent text-to-image folder: VAE (8x8 images to 4x4x4 latents), text-conditioned UNet, epsilon."""
-    save_folder(root, tiny_unet(conditional=True, sample_size=4),
-                diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon"))
-    tiny_vae().save_pretrained(root / "vae")
-
-
-def save_folder(root, unet, scheduler) -> None:
-    """A diffusers model folder; a text-conditioned UNet gets a tiny CLIP text encoder (2 layers, width 8) and a
-    tokenizer whose vocabulary is the letters (each word becomes its letters), made here: nothing comes from the
-    hub."""
-    import transformers
-
-    unet.save_pretrained(root / "unet")
-    scheduler.save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "DiffusionPipeline"}))
-    if isinstance(unet, diffusers.UNet2DConditionModel):
-        tokenizer, vocab_size = char_tokenizer(root / "vocab")
-        tokenizer.save_pretrained(root / "tokenizer")
-        torch.manual_seed(1)
-        config = transformers.CLIPTextConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=16,
-                                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                                             bos_token_id=0, eos_token_id=1, pad_token_id=1)
-        transformers.CLIPTextModel(config).save_pretrained(root / "text_encoder")
 
 
 @torch.no_grad()
@@ -286,31 +207,40 @@ def test_kedro_distill_from_a_diffusers_teacher(project):
 
 
 @pytest.mark.slow
-def test_kedro_distill_from_a_latent_text_conditioned_teacher_with_guidance(project):
-    """A tiny latent text-to-image model on the digits (a VAE to 4x4x4 latents, a UNet2DConditionModel, a CLIP text
-    encoder), prompts from a file and guidance 2 on the target: the whole distill pipeline runs in the latent space,
-    the evaluation decodes for its features; the teacher and the student carry the empty prompt's embedding, and the
-    student answers prompts."""
-    from disback_pipeline.diffusion.checkpoint import load_checkpoint
+def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(project):
+    """`--env tiny_t2i` (the folder `python -m disback_pipeline.tiny_t2i` writes: a VAE to 4x4x4 latents, a
+    UNet2DConditionModel, a CLIP text encoder, prompts) with guidance 2 on the target, LoRA rank 2 and gradient
+    checkpointing: the whole distill pipeline runs in the latent space; the path's nodes are adapters (a fraction of
+    the UNet's size) that start at the teacher; the student is a plain UNet with the teacher's keys, its adapters
+    folded in; the evaluation decodes for FID and scores prompts with CLIP."""
+    from disback_pipeline.diffusion.checkpoint import load_checkpoint, read_payload
+    from disback_pipeline.diffusion.path import load_path
+    from disback_pipeline.tiny_t2i import main as write_tiny
 
     folder = project.path / "data/01_raw/tiny_t2i"
-    save_latent_t2i(folder)
-    (project.path / "data/01_raw/prompts.txt").write_text("a handwritten zero\na handwritten seven\n")
-    project.edit("base", "parameters_data", data__prompts="data/01_raw/prompts.txt",
-                 data__text_encoder="data/01_raw/tiny_t2i", data__vae="data/01_raw/tiny_t2i")
-    _tiny_digits(project, budget=4, eval_every=2, backtracking__guidance_scale=2.0)
-    save_clip(project.path / "data/01_raw/clip")
-    project.edit("base", "parameters_evaluation", evaluation__clip_path="data/01_raw/clip")
-    project.edit("base", "parameters_teacher", teacher__mode="diffusers",
-                 teacher__checkpoint_path="data/01_raw/tiny_t2i")
-    project.run("distill")
-    root = project.path / "data/base"
+    assert write_tiny([str(folder)]) == 0
+    project.run("distill", env="tiny_t2i")
+    root = project.path / "data/tiny_t2i"
     teacher = load_checkpoint(root / "06_models/teacher.pt")
     null = encode_prompts(folder, [""])
     assert torch.equal(teacher.net.null_condition, null)
+    path = load_path(root / "06_models/degradation_path")
+    assert path.metadata["lora_rank"] == 2 and len(path.keys) == 3
+    unet_size = sum(v.numel() for v in teacher.net.unet.state_dict().values())
+    for node in path.nodes:
+        state = read_payload(node.file)["state_dict"]
+        assert state and all(".lora_" in k for k in state)  # adapters only
+        assert sum(v.numel() for v in state.values()) < unet_size / 5
+    first = read_payload(path.nodes[0].file)["state_dict"]
+    assert all(float(v.abs().max()) == 0 for k, v in first.items() if "lora_B" in k)  # P_0: the teacher itself
+    last = read_payload(path.nodes[-1].file)["state_dict"]
+    assert any(float(v.abs().max()) > 0 for k, v in last.items() if "lora_B" in k)  # the end of the path moved
     student = load_checkpoint(root / "06_models/generator_ema.pt")
     assert isinstance(student.net.unet, diffusers.UNet2DConditionModel)
+    assert set(student.net.state_dict()) == set(teacher.net.state_dict())  # adapters folded in
     assert torch.equal(student.net.null_condition, null)
+    moved = [k for k, v in student.net.state_dict().items() if not torch.equal(v, teacher.net.state_dict()[k])]
+    assert moved and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in moved)  # LoRA's layers
     z, sigma = torch.randn(2, 4, 4, 4), torch.full((2,), 2.5)  # the student's samples are latents
     text = encode_prompts(folder, ["a handwritten zero", "a handwritten seven"])
     with torch.no_grad():

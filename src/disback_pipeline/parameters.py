@@ -43,7 +43,9 @@ BLOCKS = {"data": DataConfig, "shared": SharedConfig, "teacher": TeacherConfig, 
 
 # keys a block does not take because another block holds them (DistillConfig keeps enabled and s_init for the
 # library's callers; in a Kedro run they come from shared)
-ELSEWHERE = {"backtracking": {"enabled": "shared.enabled", "s_init": "shared.s_init"},
+ELSEWHERE = {"backtracking": {"enabled": "shared.enabled", "s_init": "shared.s_init",
+                              "trained_nets": "shared.trained_nets"},
+             "degradation": {"trained_nets": "shared.trained_nets"},
              "teacher": {"sampler": "shared.sampler"},
              "evaluation": {"proxy_samples": "backtracking.proxy_samples"}}
 
@@ -89,10 +91,17 @@ def as_data(value: Data | DataConfig | dict) -> Data:
 
 
 def distill_config(backtracking: DistillConfig | dict, shared: SharedConfig | dict) -> DistillConfig:
-    """Stage 2's configuration: the backtracking block with the shared method and s_init."""
+    """Stage 2's configuration: the backtracking block with the shared method, s_init and trained networks."""
     shared = typed(shared, SharedConfig, "shared")
     return dataclasses.replace(typed(backtracking, DistillConfig, "backtracking"), enabled=shared.enabled,
-                               s_init=shared.s_init)
+                               s_init=shared.s_init, trained_nets=shared.trained_nets)
+
+
+def degradation_config(degradation: DegradationConfig | dict, shared: SharedConfig | dict) -> DegradationConfig:
+    """Stage 1's configuration: the degradation block with the shared trained networks."""
+    shared = typed(shared, SharedConfig, "shared")
+    return dataclasses.replace(typed(degradation, DegradationConfig, "degradation"),
+                               trained_nets=shared.trained_nets)
 
 
 def reference_source(data: Data, evaluation: EvaluationConfig) -> DataSource:

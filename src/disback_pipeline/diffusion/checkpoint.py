@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .adapters import ADAPTER_KEY, has_adapters, trained_state
 from .backbones import build_network
 
 FORMAT = "disback-checkpoint"
@@ -34,19 +35,24 @@ class Checkpoint:
 
 
 def load_state_strict(net: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Load ``state_dict`` into ``net``; fail naming ``source`` on any key mismatch."""
-    expected = set(net.state_dict())
+    """Load ``state_dict`` into ``net``; fail naming ``source`` on any key mismatch. A network with LoRA adapters
+    takes its adapters' tensors only (:func:`.adapters.trained_state`): the rest is the teacher's."""
+    adapted = has_adapters(net)
+    expected = set(trained_state(net))
     given = set(state_dict)
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
+        lora = sum(ADAPTER_KEY in k for k in given)
+        hint = ("Its tensors are LoRA adapters and the network trains every weight, or the reverse: record the "
+                "path and train with the same shared.trained_nets.lora_rank." if adapted != (lora > 0) else
+                "Was it saved from a different architecture? Check the network config.")
         raise CheckpointError(
             f"{source}: state_dict does not match the network "
             f"(missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
-            f"unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}). "
-            "Was it saved from a different architecture? Check the network config."
+            f"unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}). {hint}"
         )
     try:
-        net.load_state_dict(state_dict, strict=True)
+        net.load_state_dict(state_dict, strict=not adapted)
     except RuntimeError as exc:  # shape mismatches
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
         raise CheckpointError(

@@ -193,6 +193,25 @@ class GanConfig:
 
 
 @dataclass(frozen=True)
+class TrainedNetsConfig:
+    """How stages 1 and 2 train their copies of the teacher (the degraded/fake score and the generator)."""
+
+    lora_rank: int = 0                # LoRA rank on the UNet's target layers (diffusers teachers; 0 = every weight)
+    lora_alpha: float = 0.0           # LoRA scale numerator: updates scaled by alpha / rank (0 = the rank: scale 1)
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # module names that get adapters
+    gradient_checkpointing: bool = False  # recompute the trained UNets' activations in backward (diffusers)
+
+    def __post_init__(self):
+        _at_least(self, 0, "lora_rank", "lora_alpha")
+        if self.lora_rank and not self.lora_targets:
+            raise ConfigError("lora_targets must name at least one module when lora_rank > 0")
+
+    @property
+    def lora(self) -> bool:
+        return self.lora_rank > 0
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Stage 2 (and the baseline): score distillation of the one-step generator."""
 
@@ -207,6 +226,7 @@ class DistillConfig:
     lr_generator: float = 2.0e-4      # generator Adam learning rate (per step)
     lr_fake: float = 2.0e-4           # fake-score Adam learning rate (per step)
     guidance_scale: float = 1.0       # classifier-free guidance of the target (text-conditioned teachers; 1 = none)
+    trained_nets: TrainedNetsConfig = field(default_factory=TrainedNetsConfig)  # LoRA, checkpointing (shared)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # both learning rates over the budget (cosine: to 0)
     betas: tuple[float, float] = (0.0, 0.999)  # Adam betas for both networks
     batch_size: int = 64              # samples per step (count)
@@ -282,6 +302,7 @@ class DegradationConfig:
     log_every: int = 100              # status line interval (steps; 0 = never)
     record_every: int = 1             # history row interval (steps)
     checkpoint_every: int = 100       # training-state interval (steps; 0 = only at the end)
+    trained_nets: TrainedNetsConfig = field(default_factory=TrainedNetsConfig)  # LoRA, checkpointing (shared)
 
     def __post_init__(self):
         _at_least(self, 1, "n_nodes", "candidates", "probe_size", "batch_size", "record_every")
@@ -506,6 +527,7 @@ class SharedConfig:
     enabled: bool = DistillConfig.enabled    # backtracking on (DisBack: stage 1 records a path, stage 2 walks it)
     s_init: float = DistillConfig.s_init     # noise level at which G denoises its latent (stage 1, 2, evaluation)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the teacher's Heun sampler (report, evaluation)
+    trained_nets: TrainedNetsConfig = field(default_factory=TrainedNetsConfig)  # stage 1's and 2's trained copies
 
     def __post_init__(self):
         _positive(self, "s_init")

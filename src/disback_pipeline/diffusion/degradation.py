@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from . import distributed
+from .adapters import frozen_copy, load_trained_state, trainable_copy, trained_parameters, trained_state
 from .checkpoint import Checkpoint
 from .config import DegradationConfig
 from .data import DataSource
@@ -76,7 +77,8 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
     nodes = _choose_nodes(teacher, generator, source, cfg, s_init, dev, snapshots)
     stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
     meta = {"s_init": float(s_init), "k1": cfg.k1, "n_nodes": len(nodes) - 1, "spacing": cfg.spacing,
-            "seed": cfg.seed, "stage1_iterations": cfg.k1, "stage1_seconds": stage1_seconds, "dataset": source.name}
+            "seed": cfg.seed, "lora_rank": cfg.trained_nets.lora_rank, "stage1_iterations": cfg.k1,
+            "stage1_seconds": stage1_seconds, "dataset": source.name}
     log.info("degradation path: %s", ", ".join(f"{n.key} (to teacher {n.distance_to_teacher:.4g}, "
                                                 f"to end {n.distance_to_final:.4g})" for n in nodes))
     return DegradationPath(dict(teacher.config), nodes, meta), history
@@ -87,16 +89,16 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
     stage's start time (moved back by the time of the run that was resumed)."""
     on_record = on_record if distributed.ranks().writer else None  # rank 0 reports
     start = time.perf_counter()
-    degraded = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
+    degraded = trainable_copy(teacher.net, cfg.trained_nets, dev)  # every weight, or LoRA adapters only
     loss_fn = EDMLoss(cfg.P_mean, cfg.P_std, degraded.sigma_data)
-    opt = make_adam(degraded.parameters(), cfg.lr, cfg.betas)
+    opt = make_adam(trained_parameters(degraded), cfg.lr, cfg.betas)
     snap_steps = candidate_steps(cfg.k1, cfg.n_nodes, cfg.spacing, max(cfg.candidates, cfg.n_nodes))
     snapshots = {0: _cpu_state(degraded)}
     history: list[dict] = []
     first = 1
     state = store.begin() if store is not None else None
     if state is not None:
-        degraded.load_state_dict(state["modules"]["degraded"])
+        load_trained_state(degraded, state["modules"]["degraded"])
         opt.load_state_dict(state["optimizer"])
         snapshots.update({step: store.get_blob(f"snapshot-{step:09d}") for step in state["snapshot_steps"]})
         history = list(state["history"])
@@ -130,24 +132,25 @@ def _fine_tune(teacher, generator, source, cfg: DegradationConfig, s_init, dev, 
             if status.due(step):
                 status(step, dsm_loss=loss.item())
             if save:
-                store.save(step, {"modules": {"degraded": degraded.state_dict()}, "optimizer": opt.state_dict(),
+                store.save(step, {"modules": {"degraded": trained_state(degraded)}, "optimizer": opt.state_dict(),
                                   "snapshot_steps": sorted(s for s in snapshots if s > 0), "history": history,
                                   "clock": time.perf_counter() - start}, complete=step == cfg.k1, modules=(degraded,))
     return snapshots, history, start
 
 
 def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in trained_state(net).items()}
 
 
 def _choose_nodes(teacher, generator, source, cfg: DegradationConfig, s_init, dev, snapshots) -> list[PathNode]:
     """Distances of every snapshot to the teacher and to P_N on a fixed probe, then the nodes."""
     probe = make_probe(generator, source, s_init, cfg.probe_size, cfg.seed + 1, dev, cfg.P_mean, cfg.P_std)
-    scratch, final, teacher_net = (frozen(copy.deepcopy(teacher.net).to(dev)) for _ in range(3))
-    final.load_state_dict(snapshots[cfg.k1])
+    scratch, final = (frozen_copy(teacher.net, cfg.trained_nets, dev) for _ in range(2))
+    teacher_net = frozen(copy.deepcopy(teacher.net).to(dev))
+    load_trained_state(final, snapshots[cfg.k1])
     dist_teacher, dist_final = {}, {}
     for step, state in snapshots.items():
-        scratch.load_state_dict(state)
+        load_trained_state(scratch, state)
         dist_teacher[step] = probe.distance(scratch, teacher_net)
         dist_final[step] = probe.distance(scratch, final)
     steps = sorted(snapshots)

@@ -10,15 +10,15 @@ which is the target throughout.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
 import torch
 
 from . import distributed
+from .adapters import frozen_copy, trainable_copy, trained_parameters
 from .checkpoint import Checkpoint
-from .config import DistillConfig, from_dict
+from .config import ConfigError, DistillConfig, from_dict
 from .data import DataSource
 from .divergence import Guard
 from .history import history_row
@@ -73,24 +73,35 @@ class Nets:
     opt_d: torch.optim.Optimizer | None = None
 
 
+def check_path_adapters(path: DegradationPath | None, cfg: DistillConfig) -> None:
+    """The path's nodes must be what stage 2's copies hold: adapters of the same rank, or whole networks."""
+    if not path or not path.nodes:
+        return
+    recorded, wanted = int(path.metadata.get("lora_rank", 0)), cfg.trained_nets.lora_rank
+    if recorded != wanted:
+        have = f"LoRA adapters of rank {recorded}" if recorded else "whole networks"
+        raise ConfigError(f"the degradation path's nodes are {have}, and shared.trained_nets.lora_rank is {wanted}; "
+                          f"set it to {recorded}, or re-run the degradation pipeline with the new setting")
+
+
 def _build_nets(teacher: Checkpoint, source: DataSource, path: DegradationPath | None, cfg: DistillConfig,
                 dev) -> Nets:
+    check_path_adapters(path, cfg)
     teacher_net = frozen(teacher.net.to(dev))
-    generator = copy.deepcopy(teacher.net).to(dev).train().requires_grad_(True)
-    fake = copy.deepcopy(teacher.net).to(dev)
+    generator = trainable_copy(teacher.net, cfg.trained_nets, dev)  # every weight, or LoRA adapters only
+    fake = trainable_copy(teacher.net, cfg.trained_nets, dev)
     if path is not None:
         path.load_into(fake, path.keys[-1])
         log.info("fake score initialised from the end of the path (%s)", path.keys[-1])
-    fake.train().requires_grad_(True)
-    scratch = frozen(copy.deepcopy(teacher.net).to(dev))
+    scratch = frozen_copy(teacher.net, cfg.trained_nets, dev)
     ema = EMA(generator, cfg.ema_decay, cfg.ema_rampup)
     for net in (teacher_net, generator, fake, scratch):
         if cfg.channels_last and len(source.shape) == 3:
             net.to(memory_format=torch.channels_last)
         if cfg.compile:
             net.compile()  # in place: parameters, state_dict keys and checkpoints stay as they are
-    nets = Nets(teacher_net, generator, fake, scratch, ema, make_adam(generator.parameters(), cfg.lr_generator,
-                 cfg.betas), make_adam(fake.parameters(), cfg.lr_fake, cfg.betas))
+    nets = Nets(teacher_net, generator, fake, scratch, ema, make_adam(trained_parameters(generator),
+                 cfg.lr_generator, cfg.betas), make_adam(trained_parameters(fake), cfg.lr_fake, cfg.betas))
     if cfg.gan_weight > 0:
         example, _ = source.sample(2)
         nets.gan = AdversarialTerm(fake, example.to(dev), cfg.gan.hidden, cfg.gan.P_mean, cfg.gan.P_std)

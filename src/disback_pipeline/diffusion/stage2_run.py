@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import distributed
+from .adapters import load_trained_state, merged, trained_state
 from .checkpoint import Checkpoint
 from .config import DistillConfig
 from .diffusers_teacher import guided
@@ -143,15 +144,15 @@ def better(best: dict | None, it: int, by: str, value, ema: torch.nn.Module) -> 
     if best is not None and not float(value) < best["value"]:
         return best
     return {"iteration": it, "by": by, "value": float(value),
-            "state": {k: v.detach().to("cpu", copy=True) for k, v in ema.state_dict().items()}}
+            "state": {k: v.detach().to("cpu", copy=True) for k, v in trained_state(ema).items()}}
 
 
 MODULES = ("generator", "fake")
 
 
 def save_state(store: StateStore, it: int, budget: int, nets: Nets, walk: Walk, run: Run) -> None:
-    modules = {name: getattr(nets, name).state_dict() for name in MODULES}
-    modules["ema"] = nets.ema.net.state_dict()
+    modules = {name: trained_state(getattr(nets, name)) for name in MODULES}  # LoRA: the adapters only
+    modules["ema"] = trained_state(nets.ema.net)
     optimizers = {"generator": nets.opt_g.state_dict(), "fake": nets.opt_f.state_dict()}
     if nets.gan is not None:
         modules["gan_head"], optimizers["gan_head"] = nets.gan.head.state_dict(), nets.opt_d.state_dict()
@@ -163,8 +164,8 @@ def save_state(store: StateStore, it: int, budget: int, nets: Nets, walk: Walk, 
 
 def restore_state(nets: Nets, walk: Walk, state: dict) -> Run:
     for name in MODULES:
-        getattr(nets, name).load_state_dict(state["modules"][name])
-    nets.ema.net.load_state_dict(state["modules"]["ema"])
+        load_trained_state(getattr(nets, name), state["modules"][name])
+    load_trained_state(nets.ema.net, state["modules"]["ema"])
     nets.opt_g.load_state_dict(state["optimizers"]["generator"])
     nets.opt_f.load_state_dict(state["optimizers"]["fake"])
     if nets.gan is not None:
@@ -197,16 +198,17 @@ def finish(teacher, source, cfg: DistillConfig, nets: Nets, run: Run, on_switch,
         run.switch_samples.append((cfg.budget, "final", on_switch(cfg.budget, "final", nets.ema.net)))
     meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
             "method": method, "loss": cfg.loss}
-    gen_ckpt = Checkpoint(frozen(nets.generator).cpu(), dict(teacher.config), {**meta, "weights": "raw"})
+    # LoRA adapters are folded into the weights: the student has the teacher's architecture and config
+    gen_ckpt = Checkpoint(merged(frozen(nets.generator).cpu()), dict(teacher.config), {**meta, "weights": "raw"})
     ema = nets.ema.net.cpu()
     if run.best is not None:
         by, last = run.best["by"], next((r for r in reversed(run.history) if r.get("iteration") == cfg.budget), {})
         log.info("keeping the EMA generator of iteration %d (%s %.4g; at the last iteration %s)",
                  run.best["iteration"], by, run.best["value"], last.get(by, "not evaluated"))
         ema = copy.deepcopy(ema)
-        ema.load_state_dict(run.best["state"])
+        load_trained_state(ema, run.best["state"])
         meta = {**meta, "selected_iteration": run.best["iteration"], "selected_by": by,
                 "selected_value": run.best["value"]}
-    ema_ckpt = Checkpoint(ema, dict(teacher.config), {**meta, "weights": "ema"})
+    ema_ckpt = Checkpoint(merged(ema), dict(teacher.config), {**meta, "weights": "ema"})
     teacher.net.cpu()
     return DistillResult(gen_ckpt, ema_ckpt, run.history, run.switch_samples)

@@ -81,7 +81,10 @@ class EMA:
     @torch.no_grad()
     def update(self, net: torch.nn.Module, step: int | None = None) -> None:
         weight = 1.0 - self.decay_at(step)
-        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in net.parameters()], weight)
+        # the trained weights (with LoRA, the adapters: the frozen rest is the teacher's in both networks)
+        pairs = [(e, p) for e, p in zip(self.net.parameters(), net.parameters()) if p.requires_grad]
+        pairs = pairs or list(zip(self.net.parameters(), net.parameters()))
+        torch._foreach_lerp_([e for e, _ in pairs], [p.detach() for _, p in pairs], weight)
         for b_ema, b in zip(self.net.buffers(), net.buffers()):
             b_ema.copy_(b)
 

@@ -7,13 +7,13 @@ import logging
 import pandas as pd
 
 from ...diffusion.checkpoint import Checkpoint
-from ...diffusion.config import DegradationConfig, DistributedConfig, SharedConfig
+from ...diffusion.config import DistributedConfig, SharedConfig
 from ...diffusion.degradation import record_degradation
 from ...diffusion.distributed import run as ranks_run
 from ...diffusion.history import HISTORY_COLUMNS
 from ...diffusion.path import DegradationPath
 from ...diffusion.state import weights_sha256
-from ...parameters import Data, as_data, typed
+from ...parameters import Data, as_data, degradation_config, typed
 from ...resume import state_store
 from ...tracking import MetricBuffer, log_metrics
 
@@ -34,7 +34,7 @@ def record_degradation_path(teacher_model: Checkpoint, data: Data, degradation, 
         return DegradationPath(dict(teacher_model.config), [], {"stage1_iterations": 0, "stage1_seconds": 0.0}), \
             pd.DataFrame(columns=HISTORY_COLUMNS)
     metrics = MetricBuffer(prefix="degradation/")
-    cfg, data = typed(degradation, DegradationConfig, "degradation"), as_data(data)
+    cfg, data = degradation_config(degradation, shared), as_data(data)
     store = state_store(checkpointing, "degradation", "stage 1 (degradation recording)", cfg.checkpoint_every,
                         data=data.config, data_sha256=data.sha256, degradation=cfg,
                         s_init=shared.s_init, teacher_sha256=weights_sha256(teacher_model.net))
