@@ -53,8 +53,8 @@ def _copy(dest: Path) -> dict[str, str]:
             "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def _run(repo: Path, env: dict, pipeline: str = "distill") -> None:
-    out = subprocess.run([str(KEDRO), "run", f"--pipelines={pipeline}", f"--env={ENV}"], cwd=repo, env=env,
+def _run(repo: Path, env: dict, pipeline: str = "distill", conf_env: str = ENV) -> None:
+    out = subprocess.run([str(KEDRO), "run", f"--pipelines={pipeline}", f"--env={conf_env}"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
 
@@ -63,11 +63,12 @@ def _iteration(file: Path) -> int:
     return int(file.stem.split("-")[1])
 
 
-def _run_and_stop(repo: Path, env: dict, folder: str, after: int, sig=signal.SIGKILL, pipeline="distill"):
+def _run_and_stop(repo: Path, env: dict, folder: str, after: int, sig=signal.SIGKILL, pipeline="distill",
+                  conf_env: str = ENV):
     """Start the pipeline and send ``sig`` once ``folder`` holds a state past iteration ``after``."""
-    proc = subprocess.Popen([str(KEDRO), "run", f"--pipelines={pipeline}", f"--env={ENV}"], cwd=repo, env=env,
+    proc = subprocess.Popen([str(KEDRO), "run", f"--pipelines={pipeline}", f"--env={conf_env}"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    states = repo / STATES / folder
+    states = repo / "data" / conf_env / "09_training_state" / folder
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         files = sorted(states.glob("state-*.pt"))
@@ -198,3 +199,38 @@ def test_ctrl_c_ends_the_run_killed(tmp_path):
     _, runs = _runs(repo, env)
     assert [r.info.status for r in runs] == ["KILLED"]
     assert (repo / STATES / "mlflow_run.json").is_file()  # the same command will continue this run
+
+
+def _tiny_t2i(repo: Path) -> dict[str, str]:
+    """A project copy with the tiny_t2i model written and a longer stage 2 (40 iterations, a state every 2)."""
+    from disback_pipeline.tiny_t2i import main as write_tiny
+
+    env = _copy(repo)
+    assert write_tiny([str(repo / "data/01_raw/tiny_t2i")]) == 0
+    file = repo / "conf/tiny_t2i/parameters_backtracking.yml"
+    file.write_text(yaml.safe_dump(soft_merge(yaml.safe_load(file.read_text()), {"backtracking": {
+        "budget": 40, "eval_every": 20}})))
+    return env
+
+
+def test_sigkill_in_stage_2_of_a_text_to_image_run_with_lora_then_it_ends_as_the_uninterrupted_run(tmp_path):
+    """tiny_t2i (latents, prompts, guidance, LoRA adapters, gradient checkpointing): killed in stage 2, the same
+    command continues from the newest state (adapters, optimisers, the prompt stream's RNG) and ends with the
+    uninterrupted run's weights and history."""
+    ref, repo = tmp_path / "ref", tmp_path / "project"
+    _run(ref, _tiny_t2i(ref), conf_env="tiny_t2i")
+    env = _tiny_t2i(repo)
+    code, _, restored = _run_and_stop(repo, env, "backtracking", 10, conf_env="tiny_t2i")
+    assert code == -signal.SIGKILL and 10 <= restored < 40
+    state = torch.load(sorted((repo / "data/tiny_t2i/09_training_state/backtracking").glob("state-*.pt"))[-1],
+                       weights_only=True)
+    assert all(".lora_" in k for k in state["modules"]["generator"])  # the state holds the adapters only
+    _run(repo, env, conf_env="tiny_t2i")
+    out = Path("data/tiny_t2i")
+    for name in ("generator.pt", "generator_ema.pt"):
+        _same_weights(ref / out / "06_models" / name, repo / out / "06_models" / name)
+    history = out / "08_reporting/backtracking_history.csv"
+    _same_rows(ref / history, repo / history)
+    newest = torch.load(sorted((repo / "data/tiny_t2i/09_training_state/backtracking").glob("state-*.pt"))[-1],
+                        weights_only=True)
+    assert newest["complete"] and (newest["resumed_from"], newest["trained"]) == (restored, 40 - restored)
