@@ -20,6 +20,7 @@ from disback_pipeline.diffusion.diffusers_teacher import (
     encode_prompts,
     guided,
     load_diffusers_teacher,
+    null_condition,
 )
 from disback_pipeline.diffusion.sampling import heun_sampler
 from disback_pipeline.tiny_t2i import SD_BETAS, save_clip, save_folder, save_latent_t2i, tiny_unet, tiny_vae
@@ -207,23 +208,25 @@ def test_kedro_distill_from_a_diffusers_teacher(project):
 
 
 @pytest.mark.slow
-def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(project):
+@pytest.mark.parametrize("layout", ["sd", "sdxl"])
+def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(project, layout):
     """`--env tiny_t2i` (the folder `python -m disback_pipeline.tiny_t2i` writes: a VAE to 4x4x4 latents, a
-    UNet2DConditionModel, a CLIP text encoder, prompts) with guidance 2 on the target, LoRA rank 2 and gradient
-    checkpointing: the whole distill pipeline runs in the latent space; the path's nodes are adapters (a fraction of
-    the UNet's size) that start at the teacher; the student is a plain UNet with the teacher's keys, its adapters
-    folded in; the evaluation decodes for FID and scores prompts with CLIP."""
+    UNet2DConditionModel, CLIP text encoder(s), prompts; SD's layout or SDXL's) with guidance 2, LoRA rank 2 and
+    gradient checkpointing: the whole distill pipeline runs in the latent space; the path's nodes are adapters (a
+    fraction of the UNet's size) that start at the teacher; the student is a plain UNet with the teacher's keys, its
+    adapters folded in; the evaluation decodes for FID, samples the teacher guided and scores prompts with CLIP."""
     from disback_pipeline.diffusion.checkpoint import load_checkpoint, read_payload
     from disback_pipeline.diffusion.path import load_path
     from disback_pipeline.tiny_t2i import main as write_tiny
 
     folder = project.path / "data/01_raw/tiny_t2i"
-    assert write_tiny([str(folder)]) == 0
+    assert write_tiny([str(folder)] + (["--sdxl"] if layout == "sdxl" else [])) == 0
     project.run("distill", env="tiny_t2i")
     root = project.path / "data/tiny_t2i"
     teacher = load_checkpoint(root / "06_models/teacher.pt")
     null = encode_prompts(folder, [""])
-    assert torch.equal(teacher.net.null_condition, null)
+    assert torch.equal(teacher.net.null_condition, null if layout == "sd" else null_condition(folder)[0])
+    assert (teacher.net.text_time is not None) == (layout == "sdxl")
     path = load_path(root / "06_models/degradation_path")
     assert path.metadata["lora_rank"] == 2 and len(path.keys) == 3
     unet_size = sum(v.numel() for v in teacher.net.unet.state_dict().values())
@@ -238,7 +241,8 @@ def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(projec
     student = load_checkpoint(root / "06_models/generator_ema.pt")
     assert isinstance(student.net.unet, diffusers.UNet2DConditionModel)
     assert set(student.net.state_dict()) == set(teacher.net.state_dict())  # adapters folded in
-    assert torch.equal(student.net.null_condition, null)
+    assert torch.equal(student.net.null_condition, teacher.net.null_condition)
+    assert student.net.text_time == teacher.net.text_time
     moved = [k for k, v in student.net.state_dict().items() if not torch.equal(v, teacher.net.state_dict()[k])]
     assert moved and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in moved)  # LoRA's layers
     z, sigma = torch.randn(2, 4, 4, 4), torch.full((2,), 2.5)  # the student's samples are latents
@@ -247,6 +251,8 @@ def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(projec
         assert not torch.allclose(student.net(z, sigma, text[:1].expand(2, -1, -1)),
                                   student.net(z, sigma, text[1:].expand(2, -1, -1)))  # the prompt steers it
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
+    assert (metrics["teacher"]["guidance_scale"], metrics["teacher"]["nfe"],
+            metrics["teacher"]["network_evaluations"]) == (2.0, 3, 6)  # guided: each Heun step runs twice
     assert metrics["student"]["fid"] > 0 and metrics["teacher"]["fid"] > 0
     assert 0 <= metrics["student"]["clip_score"] <= 100 and 0 <= metrics["teacher"]["clip_score"] <= 100
 
@@ -322,6 +328,60 @@ def test_the_exported_student_draws_generates_latents_in_diffusers_own_pipeline(
     save_checkpoint(Checkpoint(net, network_config(net), {"role": "teacher"}), tmp_path / "teacher.pt")
     with pytest.raises(CheckpointError, match="only one-step students"):
         export(tmp_path / "teacher.pt", tmp_path / "other", teacher)
+
+
+@torch.no_grad()
+def test_an_sdxl_class_teacher_packs_pooled_text_and_size_ids_and_its_student_runs_in_the_sdxl_pipeline(tmp_path):
+    """SDXL's layout (two text encoders, the pooled embedding, six size ids): the conditions equal what
+    StableDiffusionXLPipeline.encode_prompt and its time ids give, the empty prompt's are zeros (its
+    force_zeros_for_empty_prompt), and an exported student draws in that pipeline, one step without guidance, the
+    images `generate --prompt` writes."""
+    import numpy as np
+    from PIL import Image
+
+    from disback_pipeline.diffusion.checkpoint import Checkpoint, save_checkpoint
+    from disback_pipeline.diffusion.diffusers_teacher import network_config, unpack_text_time
+    from disback_pipeline.export_diffusers import export
+    from disback_pipeline.generate import main as generate
+    from disback_pipeline.tiny_t2i import main as write_tiny
+
+    teacher = tmp_path / "teacher"
+    assert write_tiny([str(teacher), "--sdxl"]) == 0
+    net = load_diffusers_teacher(teacher)
+    assert net.text_time == (16, 8) and net.null_condition.shape == (1, 16 + 1, 16)  # 8 + 6 values fit one row
+    cond = encode_prompts(teacher, ["a cat", "a dog"])
+    tokens, added = unpack_text_time(cond, net.text_time)
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(teacher, local_files_only=True)
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(["a cat", "a dog"], do_classifier_free_guidance=True)
+    assert torch.equal(tokens, embeds) and torch.equal(added["text_embeds"], pooled)
+    assert added["time_ids"].tolist() == [[8, 8, 0, 0, 8, 8]] * 2  # 4x4 latents, a VAE that halves: 8 pixels
+    null_tokens, null_added = unpack_text_time(net.null_condition, net.text_time)
+    assert torch.equal(null_tokens, negative[:1]) and torch.equal(null_added["text_embeds"], negative_pooled[:1])
+    assert not torch.equal(tokens[0], tokens[1]) and float(negative.abs().max()) == 0
+    rebuilt = network_config(net)
+    assert rebuilt["text_time"] == [16, 8]
+    x, sigma = torch.randn(2, 4, 4, 4), torch.tensor([0.5, 3.0])
+    assert not torch.allclose(net(x, sigma, cond), net(x, sigma))  # the prompt reaches the UNet
+
+    for p in net.parameters():  # a student: the teacher's weights, moved
+        p.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(Checkpoint(net, network_config(net), {"role": "generator", "s_init": 2.5, "method": "disback",
+                                                          "loss": "di", "step": 4}), tmp_path / "generator_ema.pt")
+    out = export(tmp_path / "generator_ema.pt", tmp_path / "student", teacher)
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    student = diffusers.StableDiffusionXLPipeline.from_pretrained(out, local_files_only=True)
+    z = torch.stack([torch.randn((4, 4, 4), generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    theirs = student(prompt=["a cat", "a cat"], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z,
+                     output_type="latent").images
+    ours = net(2.5 * z, torch.full((2,), 2.5), encode_prompts(teacher, ["a cat"]).expand(2, -1, -1))
+    assert close(theirs, ours), float((theirs - ours).abs().max())
+    assert generate([str(tmp_path / "generator_ema.pt"), "--seeds", "3-4", "--out", str(tmp_path / "png"),
+                     "--diffusers", str(teacher), "--prompt", "a cat"]) == 0
+    written = np.stack([np.asarray(Image.open(tmp_path / f"png/{s:06d}.png")) for s in (3, 4)])
+    images = student(prompt=["a cat", "a cat"], sigmas=[2.5, 0.0], guidance_scale=1.0, latents=z,
+                     output_type="pt").images
+    expected = (images[:, 0] * 255).round().numpy().astype(np.int16)
+    assert np.abs(written.astype(np.int16) - expected).max() <= 1
 
 
 @torch.no_grad()

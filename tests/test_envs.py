@@ -86,7 +86,7 @@ def test_sd15_env_names_its_missing_folder(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     params = _params("sd15")
-    assert params["teacher"]["mode"] == "diffusers" and params["backtracking"]["guidance_scale"] == 1.75
+    assert params["teacher"]["mode"] == "diffusers" and params["shared"]["guidance_scale"] == 1.75
     with pytest.raises(CheckpointError, match=r"stable-diffusion-v1-5: no such folder.*nothing is downloaded"):
         train_or_load_teacher(params["data"], params["teacher"])
     (tmp_path / "data/01_raw").mkdir(parents=True)

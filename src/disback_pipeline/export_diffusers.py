@@ -10,8 +10,10 @@ student's images with
 
     pipe(prompt, sigmas=[s_init, 0.0], guidance_scale=1.0)   # s_init is in the folder's disback.json
 
-(guidance is distilled into the student: the pipeline must not guide again). The same latents give the same
-images as ``python -m disback_pipeline.generate`` (tests/test_diffusers_teacher.py).
+(guidance is distilled into the student: the pipeline must not guide again). A student of an SDXL-class teacher
+loads in ``StableDiffusionXLPipeline`` the same way (with ``add_watermarker=False`` where the invisible-watermark
+package is installed). The same latents give the same images as ``python -m disback_pipeline.generate``
+(tests/test_diffusers_teacher.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from .diffusion.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("disback_pipeline.export_diffusers")
 
-COPIED = ("vae", "text_encoder", "tokenizer")
+COPIED = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+SD = {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
+SDXL = {**SD, "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"]}
 
 
 def export(checkpoint: str | Path, out: str | Path, teacher: str | Path) -> Path:
@@ -58,13 +63,16 @@ def export(checkpoint: str | Path, out: str | Path, teacher: str | Path) -> Path
             shutil.copytree(teacher / part, out / part)
     index = json.loads((teacher / "model_index.json").read_text()) if (teacher / "model_index.json").is_file() \
         else {}
-    if ckpt.net.null_condition is not None and all((out / p).is_dir() for p in COPIED):
-        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+    sdxl = getattr(ckpt.net, "text_time", None) is not None
+    parts = SDXL if sdxl else SD
+    if ckpt.net.null_condition is not None and all((out / p).is_dir() for p in ("vae", *parts)):
+        index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+                 "_diffusers_version": diffusers.__version__,
                  **{k: v for k, v in index.items() if not k.startswith("_")},
-                 "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
-                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-                 "safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
-                 "requires_safety_checker": False}
+                 "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"], **parts,
+                 "feature_extractor": [None, None], "image_encoder": [None, None]}
+        index.update({"force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True)} if sdxl else
+                     {"safety_checker": [None, None], "requires_safety_checker": False})
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     (out / "disback.json").write_text(json.dumps({

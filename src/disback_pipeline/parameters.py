@@ -44,7 +44,7 @@ BLOCKS = {"data": DataConfig, "shared": SharedConfig, "teacher": TeacherConfig, 
 # keys a block does not take because another block holds them (DistillConfig keeps enabled and s_init for the
 # library's callers; in a Kedro run they come from shared)
 ELSEWHERE = {"backtracking": {"enabled": "shared.enabled", "s_init": "shared.s_init",
-                              "trained_nets": "shared.trained_nets"},
+                              "trained_nets": "shared.trained_nets", "guidance_scale": "shared.guidance_scale"},
              "degradation": {"trained_nets": "shared.trained_nets"},
              "teacher": {"sampler": "shared.sampler"},
              "evaluation": {"proxy_samples": "backtracking.proxy_samples"}}
@@ -91,10 +91,12 @@ def as_data(value: Data | DataConfig | dict) -> Data:
 
 
 def distill_config(backtracking: DistillConfig | dict, shared: SharedConfig | dict) -> DistillConfig:
-    """Stage 2's configuration: the backtracking block with the shared method, s_init and trained networks."""
+    """Stage 2's configuration: the backtracking block with the shared method, s_init, guidance and trained
+    networks."""
     shared = typed(shared, SharedConfig, "shared")
     return dataclasses.replace(typed(backtracking, DistillConfig, "backtracking"), enabled=shared.enabled,
-                               s_init=shared.s_init, trained_nets=shared.trained_nets)
+                               s_init=shared.s_init, trained_nets=shared.trained_nets,
+                               guidance_scale=shared.guidance_scale)
 
 
 def degradation_config(degradation: DegradationConfig | dict, shared: SharedConfig | dict) -> DegradationConfig:

@@ -9,7 +9,8 @@ images to those latents), ``text_encoder/`` (a 2-layer CLIP text model of width 
 tokenizer whose vocabulary is the letters: each word becomes its letters), ``scheduler/`` (SD's DDPM betas,
 epsilon prediction), plus ``clip/`` (a tiny CLIP model for the CLIP score) and ``prompts.txt``. The weights are
 random: it exercises every mechanism of a latent text-to-image teacher (latents, prompts, guidance, LoRA, export,
-resume) and says nothing about image quality. Nothing is downloaded.
+resume) and says nothing about image quality. ``--sdxl`` writes SDXL's layout instead (two text encoders, the
+pooled embedding and size conditions). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -121,13 +122,50 @@ def save_latent_t2i(root: Path) -> None:
     tiny_vae().save_pretrained(root / "vae")
 
 
+def save_sdxl(root: Path) -> None:
+    """A tiny SDXL-layout folder: a UNet2DConditionModel with SDXL's added conditions (``text_time``: the pooled
+    text embedding and six size ids, each id embedded in 4 dimensions), two CLIP text encoders of width 8 (the
+    second with an 8-wide projection, the pooled embedding), their tokenizers, the tiny VAE and SD's betas."""
+    import diffusers
+    import transformers
+
+    root = Path(root)
+    torch.manual_seed(4)
+    diffusers.UNet2DConditionModel(
+        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+        cross_attention_dim=16, attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4).save_pretrained(root / "unet")
+    diffusers.DDPMScheduler(**SD_BETAS, prediction_type="epsilon").save_pretrained(root / "scheduler")
+    tiny_vae().save_pretrained(root / "vae")
+    for i, (tok, enc) in enumerate((("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))):
+        tokenizer, vocab_size = char_tokenizer(root / f"vocab{i}")
+        tokenizer.save_pretrained(root / tok)
+        torch.manual_seed(5 + i)
+        if i == 0:
+            transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_config(vocab_size))).save_pretrained(
+                root / enc)
+        else:
+            transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+                **text_config(vocab_size), projection_dim=8)).save_pretrained(root / enc)
+    (root / "model_index.json").write_text(json.dumps({  # loads in diffusers' StableDiffusionXLPipeline
+        "_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "feature_extractor": [None, None], "image_encoder": [None, None]}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m disback_pipeline.tiny_t2i", description=__doc__.split("\n")[0])
     ap.add_argument("out", help="folder to write (replaced files inside it; a diffusers model folder)")
+    ap.add_argument("--sdxl", action="store_true", help="the SDXL layout: two text encoders, pooled embedding and "
+                                                        "size conditions")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
-    save_latent_t2i(out)
+    (save_sdxl if args.sdxl else save_latent_t2i)(out)
     save_clip(out / "clip")
     (out / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     log.info("tiny latent text-to-image model -> %s (unet, vae, text_encoder, tokenizer, scheduler, clip, "

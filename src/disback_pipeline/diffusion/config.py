@@ -527,10 +527,12 @@ class SharedConfig:
     enabled: bool = DistillConfig.enabled    # backtracking on (DisBack: stage 1 records a path, stage 2 walks it)
     s_init: float = DistillConfig.s_init     # noise level at which G denoises its latent (stage 1, 2, evaluation)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the teacher's Heun sampler (report, evaluation)
+    guidance_scale: float = DistillConfig.guidance_scale  # the teacher's classifier-free guidance (stage 2, samples)
     trained_nets: TrainedNetsConfig = field(default_factory=TrainedNetsConfig)  # stage 1's and 2's trained copies
 
     def __post_init__(self):
         _positive(self, "s_init")
+        _at_least(self, 0, "guidance_scale")
 
     @property
     def method(self) -> str:

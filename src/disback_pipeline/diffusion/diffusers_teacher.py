@@ -11,6 +11,11 @@ with sigma_t = sqrt((1 - a_t) / a_t) (Karras et al. 2022, appendix C.3.4). So th
 - turns the prediction into the denoised image: epsilon: D = x - sigma eps; v: D = x / (1 + sigma^2) -
   sigma / sqrt(1 + sigma^2) v; sample: D is the output.
 
+SDXL-class UNets (``addition_embed_type: text_time``) take, beside the token embeddings, a pooled text embedding
+and six "time ids" (original size, crop corner, target size). The project's condition slot holds one tensor a
+sample, so the three travel packed (:func:`pack_text_time`): the tokens' rows, then rows that hold the pooled
+embedding and the time ids end to end, zero-padded; the wrapper unpacks them before the UNet.
+
 Nothing is downloaded: the folder is read with ``local_files_only``.
 """
 
@@ -34,11 +39,29 @@ def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
+def pack_text_time(tokens: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
+    """An SDXL condition as one tensor (n, tokens + k, width): the token embeddings (n, tokens, width), then k rows
+    holding the pooled embedding (n, P) and the time ids (n, 6) end to end, zero-padded to whole rows."""
+    n, _, width = tokens.shape
+    extra = torch.cat([pooled, time_ids.to(pooled.dtype).expand(n, -1)], dim=1)
+    rows = -(-extra.shape[1] // width)
+    extra = torch.nn.functional.pad(extra, (0, rows * width - extra.shape[1]))
+    return torch.cat([tokens, extra.reshape(n, rows, width).to(tokens.dtype)], dim=1)
+
+
+def unpack_text_time(condition: torch.Tensor, text_time: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+    """The UNet's ``encoder_hidden_states`` and ``added_cond_kwargs`` from a packed condition."""
+    tokens, pooled = text_time
+    extra = condition[:, tokens:].flatten(1)
+    return condition[:, :tokens], {"text_embeds": extra[:, :pooled], "time_ids": extra[:, pooled:pooled + 6]}
+
+
 class VPDenoiser(nn.Module):
     """D(x; sigma, condition) of a diffusers UNet on its discrete VP schedule (module docstring)."""
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                 sigma_data: float = 0.5, null_condition: torch.Tensor | None = None):
+                 sigma_data: float = 0.5, null_condition: torch.Tensor | None = None,
+                 text_time: tuple[int, int] | None = None):
         super().__init__()
         if prediction_type not in PREDICTIONS:
             raise ValueError(f"prediction_type must be one of {PREDICTIONS}, got {prediction_type!r}")
@@ -50,6 +73,8 @@ class VPDenoiser(nn.Module):
         # a text-conditioned UNet: the empty prompt's embedding (1, tokens, width), used where no condition is given
         # (the unconditional branch of guidance, real images without captions, samples drawn without a prompt)
         self.register_buffer("null_condition", null_condition)
+        # SDXL-class: (token rows, pooled width) of the packed condition (pack_text_time); None: plain tokens
+        self.text_time = None if text_time is None else (int(text_time[0]), int(text_time[1]))
 
     @property
     def sigma_min(self) -> float:
@@ -76,6 +101,9 @@ class VPDenoiser(nn.Module):
         if condition is None and self.null_condition is not None:
             condition = self.null_condition.expand(x.shape[0], -1, -1)
         kwargs = {} if condition is None else {"encoder_hidden_states": condition.to(x.dtype)}
+        if condition is not None and self.text_time is not None:
+            tokens, added = unpack_text_time(condition.to(x.dtype), self.text_time)
+            kwargs = {"encoder_hidden_states": tokens, "added_cond_kwargs": added}
         out = self.unet(x * c_in, self.sigma_to_t(sigma), **kwargs, return_dict=False)[0]
         if self.prediction_type == "epsilon":
             return x - s * out
@@ -123,7 +151,8 @@ def network_config(denoiser: VPDenoiser) -> dict[str, Any]:
             "alphas_cumprod": list(denoiser.alphas_cumprod),
             "prediction_type": denoiser.prediction_type, "sigma_data": denoiser.sigma_data,
             "in_channels": int(config["in_channels"]), "img_resolution": int(size), "label_dim": 0,
-            "condition_shape": None if denoiser.null_condition is None else list(denoiser.null_condition.shape)}
+            "condition_shape": None if denoiser.null_condition is None else list(denoiser.null_condition.shape),
+            "text_time": None if denoiser.text_time is None else list(denoiser.text_time)}
 
 
 def build_vp_denoiser(config: dict[str, Any]) -> VPDenoiser:
@@ -135,7 +164,8 @@ def build_vp_denoiser(config: dict[str, Any]) -> VPDenoiser:
     unet = getattr(diffusers, config["unet_class"]).from_config(config["unet"])
     shape = config.get("condition_shape")
     return VPDenoiser(unet, torch.tensor(config["alphas_cumprod"]), config["prediction_type"],
-                      config.get("sigma_data", 0.5), None if shape is None else torch.zeros(shape))
+                      config.get("sigma_data", 0.5), None if shape is None else torch.zeros(shape),
+                      config.get("text_time"))
 
 
 def load_vae(folder: str | Path) -> nn.Module:
@@ -149,23 +179,83 @@ def load_vae(folder: str | Path) -> nn.Module:
     return diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).eval()
 
 
-def encode_prompts(folder: str | Path, prompts: list[str]) -> torch.Tensor:
-    """The text encoder's last hidden states of ``prompts`` (n, tokens, width): the folder's ``tokenizer/`` and
-    ``text_encoder/`` (a CLIP text model), read offline, each prompt padded or cut to the tokenizer's length."""
+ENCODERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+
+
+def text_time_of(folder: str | Path) -> bool:
+    """Whether the folder's UNet takes SDXL's pooled embedding and time ids (``addition_embed_type: text_time``)."""
+    unet = Path(folder) / "unet/config.json"
+    return unet.is_file() and json.loads(unet.read_text()).get("addition_embed_type") == "text_time"
+
+
+def time_ids(folder: str | Path) -> torch.Tensor:
+    """SDXL's six size conditions for the folder's own resolution, uncropped, as its pipeline passes them by
+    default: (height, width, 0, 0, height, width), the pixel size being the UNet's latent size times the VAE's
+    downsampling (8 when the folder has no VAE)."""
+    folder = Path(folder)
+    size = json.loads((folder / "unet/config.json").read_text())["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else size
+    vae = folder / "vae/config.json"
+    scale = 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1) if vae.is_file() else 8
+    return torch.tensor([[h * scale, w * scale, 0, 0, h * scale, w * scale]], dtype=torch.float32)
+
+
+def _encode(folder: Path, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token embeddings (n, tokens, width) and, for SDXL-class folders, the pooled embedding (n, P)."""
     import transformers
 
-    folder = Path(folder)
-    missing = [p for p in ("tokenizer", "text_encoder/config.json") if not (folder / p).exists()]
-    if missing:
+    pairs = [(t, e) for t, e in ENCODERS if (folder / e / "config.json").is_file()]
+    if not pairs or any(not (folder / t).exists() for t, _ in pairs):
+        missing = [p for p in ("tokenizer", "text_encoder/config.json") if not (folder / p).exists()]
         raise CheckpointError(f"{folder}: a text-conditioned UNet needs the folder's tokenizer and text encoder, and "
-                              f"{', '.join(missing)} is missing; copy the whole diffusers folder")
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-    encoder = transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
-                                                         local_files_only=True).eval()
-    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return encoder(ids).last_hidden_state.float()
+                              f"{', '.join(missing) or 'tokenizer_2'} is missing; copy the whole diffusers folder")
+    sdxl = text_time_of(folder)
+    hidden, pooled = [], None
+    for tok_dir, enc_dir in pairs:
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, subfolder=tok_dir, local_files_only=True)
+        cls = transformers.CLIPTextModelWithProjection if sdxl and enc_dir == "text_encoder_2" \
+            else transformers.CLIPTextModel
+        encoder = cls.from_pretrained(folder, subfolder=enc_dir, local_files_only=True).eval()
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = encoder(ids, output_hidden_states=sdxl)
+        if not sdxl:
+            return out.last_hidden_state.float(), None
+        hidden.append(out.hidden_states[-2].float())
+        pooled = out.text_embeds.float() if getattr(out, "text_embeds", None) is not None else pooled
+    if pooled is None:
+        raise CheckpointError(f"{folder}: an SDXL-class UNet needs text_encoder_2 (a CLIPTextModelWithProjection) "
+                              "for the pooled embedding; copy the whole diffusers folder")
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_prompts(folder: str | Path, prompts: list[str]) -> torch.Tensor:
+    """The conditions of ``prompts`` (n, rows, width), from the folder's tokenizer(s) and CLIP text encoder(s),
+    read offline, each prompt padded or cut to the tokenizer's length.
+
+    One encoder (SD-1/2): its last hidden states. Two (SDXL): each encoder's penultimate hidden states side by
+    side, with the second's pooled projection and the folder's :func:`time_ids` packed behind them
+    (:func:`pack_text_time`), as SDXL's pipeline computes them."""
+    folder = Path(folder)
+    tokens, pooled = _encode(folder, prompts)
+    return tokens if pooled is None else pack_text_time(tokens, pooled, time_ids(folder))
+
+
+def null_condition(folder: str | Path) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """The unconditional branch's condition, and the packing's (token rows, pooled width) for SDXL-class folders.
+
+    It is the empty prompt's; SDXL's pipeline zeroes the token and pooled embeddings of the empty prompt instead
+    (``force_zeros_for_empty_prompt`` in model_index.json, true unless the folder says otherwise), and so does
+    this."""
+    folder = Path(folder)
+    tokens, pooled = _encode(folder, [""])
+    if pooled is None:
+        return tokens, None
+    index = folder / "model_index.json"
+    if (json.loads(index.read_text()) if index.is_file() else {}).get("force_zeros_for_empty_prompt", True):
+        tokens, pooled = torch.zeros_like(tokens), torch.zeros_like(pooled)
+    return pack_text_time(tokens, pooled, time_ids(folder)), (tokens.shape[1], pooled.shape[1])
 
 
 def _missing(folder: Path) -> list[str]:
@@ -199,6 +289,6 @@ def load_diffusers_teacher(folder: str | Path, dtype: torch.dtype = torch.float3
         raise CheckpointError(f"{folder}/scheduler: a {name}, which has no discrete variance-preserving schedule "
                               "(alphas_cumprod); the teacher must come from a DDPM-family model (epsilon or v "
                               "prediction), not a flow-matching one")
-    null = encode_prompts(folder, [""]) if unet_class == "UNet2DConditionModel" else None
+    null, text_time = null_condition(folder) if unet_class == "UNet2DConditionModel" else (None, None)
     return VPDenoiser(unet.eval(), torch.as_tensor(scheduler.alphas_cumprod), scheduler.config.prediction_type,
-                      null_condition=null)
+                      null_condition=null, text_time=text_time)

@@ -18,6 +18,7 @@ import torch
 from ..diffusion.checkpoint import Checkpoint
 from ..diffusion.config import EvaluationConfig, SamplerConfig
 from ..diffusion.data import DataSource, GaussianMixture2D
+from ..diffusion.diffusers_teacher import guided
 from ..diffusion.sampling import heun_sampler, latents, one_step_generate
 from ..diffusion.training import select_device
 from .features import FeatureSpec
@@ -98,10 +99,12 @@ def fid_against(reference: dict[str, Any], features: np.ndarray) -> float:
 
 
 def sample_teacher(teacher, source: DataSource, n: int, seed: int, sampler: SamplerConfig,
-                   batch_size: int | None = None):
+                   batch_size: int | None = None, guidance: float = 1.0):
     """Heun samples (on the CPU) and samples/s, computed on the teacher's device in batches of ``batch_size``
-    (None = all at once). The latents depend on ``seed`` only, not on the batching."""
+    (None = all at once), under classifier-free guidance ``guidance`` where the samples have prompts. The latents
+    depend on ``seed`` only, not on the batching."""
     device = _device_of(teacher)
+    teacher = guided(teacher, guidance)
     z = latents(n, source.shape, seed, device)
     labels = _labels(source, n, seed, device)
     step = int(batch_size or n)
@@ -177,9 +180,19 @@ def headline_metric(source: DataSource) -> str:
     return HEADLINE["gmm2d" if isinstance(source, GaussianMixture2D) else "images"]
 
 
+def teacher_calls(sampler: SamplerConfig, source: DataSource, guidance: float) -> dict[str, Any]:
+    """How the teacher samples: its Heun steps (NFE), its guidance and the network evaluations a sample costs
+    (guidance runs each step on the prompt and on the empty prompt)."""
+    guided_run = guidance != 1.0 and bool(source.prompts)
+    return {"nfe": sampler.nfe, "guidance_scale": guidance if guided_run else 1.0,
+            "network_evaluations": sampler.nfe * (2 if guided_run else 1)}
+
+
 def teacher_vs_student(teacher: Checkpoint, student: Checkpoint, source: DataSource, features: FeatureSpec,
-                       reference: dict[str, Any], cfg: EvaluationConfig, sampler: SamplerConfig):
-    """Teacher (Heun) and one-step student side by side on ``cfg.n_samples`` samples of the same seed.
+                       reference: dict[str, Any], cfg: EvaluationConfig, sampler: SamplerConfig,
+                       guidance: float = 1.0):
+    """Teacher (Heun, guided by ``guidance`` where there are prompts) and one-step student side by side on
+    ``cfg.n_samples`` samples of the same seed.
 
     Returns the metrics ({"teacher", "student", "initial_generator", ...}) and the three sample sets.
     Both sample in batches of ``cfg.batch_size`` on ``cfg.device``, so the throughput ratio compares like
@@ -190,7 +203,7 @@ def teacher_vs_student(teacher: Checkpoint, student: Checkpoint, source: DataSou
     teacher_net, student_net = teacher.net.to(device), student.net.to(device)
     try:
         x_teacher, tps_teacher = sample_teacher(teacher_net, source, cfg.n_samples, cfg.seed, sampler,
-                                                batch_size=cfg.batch_size)
+                                                batch_size=cfg.batch_size, guidance=guidance)
         x_student, tps_student = sample_generator(student_net, source, cfg.n_samples, cfg.seed, s_init,
                                                   batch_size=cfg.batch_size)
         x_init, _ = sample_generator(teacher_net, source, cfg.n_samples, cfg.seed, s_init, batch_size=cfg.batch_size)
@@ -199,7 +212,7 @@ def teacher_vs_student(teacher: Checkpoint, student: Checkpoint, source: DataSou
         student.net.cpu()
     metrics = {
         "teacher": {**quality(x_teacher, source, features, reference, cfg.seed), "samples_per_s": tps_teacher,
-                    "nfe": sampler.nfe},
+                    **teacher_calls(sampler, source, guidance)},
         "student": {**quality(x_student, source, features, reference, cfg.seed), "samples_per_s": tps_student,
                     "nfe": 1, "weights": "ema", "method": student.metadata.get("method"),
                     "loss": student.metadata.get("loss"), "iterations": student.metadata.get("step")},

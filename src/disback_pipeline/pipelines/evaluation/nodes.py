@@ -30,9 +30,10 @@ def evaluate_models(teacher_model: Checkpoint, generator_ema_model: Checkpoint, 
     source = as_data(data).source
     check_teacher_fits(teacher_model.config, source)
     cfg = typed(evaluation, EvaluationConfig, "evaluation")
-    sampler = typed(shared, SharedConfig, "shared").sampler
+    shared = typed(shared, SharedConfig, "shared")
+    sampler = shared.sampler
     metrics, x = teacher_vs_student(teacher_model, generator_ema_model, source, feature_extractor, reference_stats,
-                                    cfg, sampler)
+                                    cfg, sampler, shared.guidance_scale)
     head = metrics["headline_metric"]
     log.info("%s: teacher %.4g (%.0f samples/s) | student %.4g (%.0f samples/s) | initial generator %.4g",
              head, metrics["teacher"][head], metrics["teacher"]["samples_per_s"], metrics["student"][head],

@@ -14,7 +14,7 @@ from ...diffusion.data import GaussianMixture2D
 from ...diffusion.distributed import run as ranks_run
 from ...diffusion.teacher import load_teacher, pretrain_teacher
 from ...evaluation.metrics import mean_nll, mode_stats
-from ...evaluation.quality import sample_teacher
+from ...evaluation.quality import sample_teacher, teacher_calls
 from ...parameters import Data, as_data, typed
 from ...reporting import samples_figure
 from ...resume import state_store
@@ -64,9 +64,12 @@ def report_teacher(teacher_model: Checkpoint, data: Data, teacher, shared):
     the teacher's samples and of true samples drawn with the same seed.
     """
     source = as_data(data).source
-    cfg, sampler = typed(teacher, TeacherConfig, "teacher").report, typed(shared, SharedConfig, "shared").sampler
-    x, samples_per_s = sample_teacher(teacher_model.net, source, cfg.num_samples, cfg.seed, sampler)
-    metrics: dict[str, Any] = {"nfe": sampler.nfe, "n_samples": cfg.num_samples, "samples_per_s": samples_per_s}
+    cfg, shared = typed(teacher, TeacherConfig, "teacher").report, typed(shared, SharedConfig, "shared")
+    sampler = shared.sampler
+    x, samples_per_s = sample_teacher(teacher_model.net, source, cfg.num_samples, cfg.seed, sampler,
+                                      guidance=shared.guidance_scale)
+    metrics: dict[str, Any] = {**teacher_calls(sampler, source, shared.guidance_scale), "n_samples": cfg.num_samples,
+                               "samples_per_s": samples_per_s}
     reference = None
     if isinstance(source, GaussianMixture2D):
         reference, _ = source.sample(cfg.num_samples, torch.Generator().manual_seed(cfg.seed))
