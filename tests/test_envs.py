@@ -79,19 +79,22 @@ def test_edm_env_names_missing_files(env, tmp_path, monkeypatch):
         build_feature_extractor(params["data"], params["evaluation"])
 
 
-def test_sd15_env_names_its_missing_folder(tmp_path, monkeypatch):
-    """The text-to-image environment without its diffusers folder: the teacher and the data fail naming it."""
+@pytest.mark.parametrize(("env", "folder", "guidance"), [("sd15", "stable-diffusion-v1-5", 1.75),
+                                                         ("sdxl", "stable-diffusion-xl-base-1.0", 8.0)])
+def test_text_to_image_envs_name_their_missing_folder(env, folder, guidance, tmp_path, monkeypatch):
+    """A text-to-image environment without its diffusers folder: the teacher and the data fail naming it."""
     from disback_pipeline.diffusion.checkpoint import CheckpointError
-    from disback_pipeline.parameters import as_data
+    from disback_pipeline.parameters import as_data, build
 
     monkeypatch.chdir(tmp_path)
-    params = _params("sd15")
-    assert params["teacher"]["mode"] == "diffusers" and params["shared"]["guidance_scale"] == 1.75
-    with pytest.raises(CheckpointError, match=r"stable-diffusion-v1-5: no such folder.*nothing is downloaded"):
+    params = _params(env)
+    build(params)  # every block valid
+    assert params["teacher"]["mode"] == "diffusers" and params["shared"]["guidance_scale"] == guidance
+    with pytest.raises(CheckpointError, match=rf"{folder}: no such folder.*nothing is downloaded"):
         train_or_load_teacher(params["data"], params["teacher"])
     (tmp_path / "data/01_raw").mkdir(parents=True)
-    (tmp_path / "data/01_raw/sd15-prompts.txt").write_text("a photo of a cat\n")
-    with pytest.raises(CheckpointError, match=r"stable-diffusion-v1-5.*tokenizer, text_encoder/config.json"):
+    (tmp_path / f"data/01_raw/{env}-prompts.txt").write_text("a photo of a cat\n")
+    with pytest.raises(CheckpointError, match=rf"{folder}.*tokenizer, text_encoder/config.json"):
         as_data(params["data"]).source  # noqa: B018 - building the source is what fails
 
 
