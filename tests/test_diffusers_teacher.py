@@ -429,3 +429,55 @@ def test_the_prompt_grid_has_one_row_a_prompt_with_the_same_latents(tmp_path):
     assert torch.equal(rows[0][1], prompt_rows(net, source, 2.5, prompts=1, per_prompt=3)[0][1])  # seeded latents
     fig = prompt_grid_figure(rows, "student")
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["a zero", "a seven"]
+
+
+def test_lora_copies_share_the_teachers_tensors_train_only_their_adapters_and_fold_back(tmp_path):
+    """With LoRA the trained copies and the EMA hold the teacher's frozen tensors themselves (the UNet is in memory
+    once), start equal to the teacher, train and save only their adapters, and fold back into a plain UNet that
+    computes what the adapted copy computes; without LoRA a copy owns its weights."""
+    from disback_pipeline.diffusion.adapters import frozen_copy, merged, trainable_copy, trained_state
+    from disback_pipeline.diffusion.checkpoint import load_state_strict
+    from disback_pipeline.diffusion.config import ConfigError, TrainedNetsConfig
+    from disback_pipeline.diffusion.training import EMA
+
+    save_latent_t2i(tmp_path / "model")
+    teacher = load_diffusers_teacher(tmp_path / "model")
+    cfg = TrainedNetsConfig(lora_rank=2)
+    gen = trainable_copy(teacher, cfg, "cpu")
+    ptrs = {p.data_ptr() for p in teacher.parameters()}
+    frozen_params = [p for p in gen.parameters() if not p.requires_grad]
+    assert frozen_params and all(p.data_ptr() in ptrs for p in frozen_params)  # shared, not copied
+    trained = [n for n, p in gen.named_parameters() if p.requires_grad]
+    assert trained and all(".lora_" in n for n in trained) and set(trained_state(gen)) == set(trained)
+    ema = EMA(gen, 0.9)
+    assert sum(p.data_ptr() in ptrs for p in ema.net.parameters()) == len(frozen_params)  # the EMA too
+    x, sigma, text = torch.randn(2, 4, 4, 4), torch.tensor([0.5, 3.0]), encode_prompts(tmp_path / "model", ["a", "b"])
+    with torch.no_grad():
+        assert torch.equal(gen(x, sigma, text), teacher(x, sigma, text))  # B = 0: the teacher exactly
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    opt = torch.optim.SGD([p for p in gen.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        gen(x, sigma, text).square().mean().backward()
+        opt.step()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher untouched
+    with torch.no_grad():
+        moved = gen(x, sigma, text)
+        assert not torch.allclose(moved, teacher(x, sigma, text))
+        holder = frozen_copy(teacher, cfg, "cpu")
+        load_state_strict(holder, trained_state(gen), "adapters")
+        assert torch.equal(holder(x, sigma, text), moved)  # a path node: the adapters alone rebuild the copy
+        plain = merged(gen)
+        assert set(plain.state_dict()) == set(teacher.state_dict())
+        assert close(plain(x, sigma, text), moved)
+    with pytest.raises(CheckpointError, match="LoRA adapters and the network trains every weight"):
+        load_state_strict(trainable_copy(teacher, TrainedNetsConfig(), "cpu"), trained_state(gen), "adapters")
+    whole = trainable_copy(teacher, TrainedNetsConfig(), "cpu")
+    assert not any(p.data_ptr() in ptrs for p in whole.parameters())  # full training: its own weights
+    with pytest.raises(ConfigError, match="lora_targets.*names no layer"):
+        trainable_copy(teacher, TrainedNetsConfig(lora_rank=2, lora_targets=("no_such_layer",)), "cpu")
+    from disback_pipeline.diffusion.backbones import build_network
+
+    edm = build_network({"backbone": "mlp", "dim": 2, "width": 8, "num_blocks": 1, "emb_dim": 8})
+    with pytest.raises(ConfigError, match="applies to diffusers teachers"):
+        trainable_copy(edm, cfg, "cpu")

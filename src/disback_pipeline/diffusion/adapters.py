@@ -3,10 +3,12 @@
 With ``trained_nets.lora_rank`` > 0 (diffusers teachers) each trained copy (stage 1's degraded score, stage 2's
 generator and fake score) gets low-rank adapters on the UNet's ``lora_targets`` layers (peft, through diffusers'
 ``add_adapter``); the teacher's weights stay frozen in every copy. The adapters start at zero (peft's B = 0), so a
-fresh copy computes exactly the teacher. What is saved of a trained copy (:func:`trained_state`) is then the
-adapters alone: a degradation path of SD-1.5-size nodes is megabytes, and a node only means something on top of
-the teacher it was recorded from (the manifest and the training states carry the teacher's sha256). The student
-handed on is :func:`merged`: the adapters folded into the weights, the teacher's own architecture.
+fresh copy computes exactly the teacher; and the copies share the teacher's frozen tensors rather than copying
+them, so the UNet is in memory once however many copies there are. What is saved of a trained copy
+(:func:`trained_state`) is then the adapters alone: a degradation path of SD-1.5-size nodes is megabytes, and a
+node only means something on top of the teacher it was recorded from (the manifest and the training states carry
+the teacher's sha256). The student handed on is :func:`merged`: the adapters folded into the weights, the
+teacher's own architecture.
 
 Every adapter starts from the same fixed seed, whatever the global RNG holds: the baseline's and DisBack's
 generators start alike, and every rank of a data-parallel run builds the same copy.
@@ -71,10 +73,21 @@ def with_adapters(net: nn.Module, cfg: TrainedNetsConfig) -> nn.Module:
     return net
 
 
+def _copy(net: nn.Module, cfg: TrainedNetsConfig, device, adapters: bool = True) -> nn.Module:
+    """A copy of ``net`` on ``device``; with LoRA it shares the teacher's (frozen) parameters instead of copying
+    them, so the generator, the fake score, the path-node holder and the EMA add only their adapters to the memory
+    the teacher takes (the teacher moves to ``device`` with them)."""
+    if not cfg.lora:
+        return copy.deepcopy(net).to(device)
+    net.to(device)
+    out = copy.deepcopy(net, memo={id(p): p for p in net.parameters()})
+    return (with_adapters(out, cfg) if adapters else out).to(device)
+
+
 def trainable_copy(net: nn.Module, cfg: TrainedNetsConfig, device) -> nn.Module:
     """A copy of the teacher ``net`` to train, on ``device``: every weight, or its adapters only; with gradient
     checkpointing when asked."""
-    out = with_adapters(copy.deepcopy(net), cfg).to(device).train()
+    out = _copy(net, cfg, device).train()
     if not has_adapters(out):
         out.requires_grad_(True)
     if cfg.gradient_checkpointing:
@@ -82,9 +95,10 @@ def trainable_copy(net: nn.Module, cfg: TrainedNetsConfig, device) -> nn.Module:
     return out
 
 
-def frozen_copy(net: nn.Module, cfg: TrainedNetsConfig, device) -> nn.Module:
-    """A frozen copy of the teacher ``net`` shaped to hold a trained copy's state (a path node, a snapshot)."""
-    return with_adapters(copy.deepcopy(net), cfg).to(device).eval().requires_grad_(False)
+def frozen_copy(net: nn.Module, cfg: TrainedNetsConfig, device, adapters: bool = True) -> nn.Module:
+    """A frozen copy of the teacher ``net`` shaped to hold a trained copy's state (a path node, a snapshot); or,
+    with ``adapters`` false, the teacher itself in a copy of its own (sharing its tensors under LoRA)."""
+    return _copy(net, cfg, device, adapters).eval().requires_grad_(False)
 
 
 def load_trained_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:

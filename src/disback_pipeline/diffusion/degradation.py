@@ -7,7 +7,6 @@ P_0 (teacher) ... P_N, chosen by :mod:`.path`'s node selection.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from .teacher import check_teacher_fits
 from .training import (
     StatusLine,
     autocast,
-    frozen,
     make_adam,
     mean_loss,
     progress,
@@ -72,7 +70,7 @@ def record_degradation(teacher: Checkpoint, source: DataSource, cfg: Degradation
     check_teacher_fits(teacher.config, source)
     dev = select_device(cfg.device)
     seed_everything(cfg.seed)
-    generator = frozen(copy.deepcopy(teacher.net).to(dev))
+    generator = frozen_copy(teacher.net, cfg.trained_nets, dev, adapters=False)  # G_0: the teacher at s_init
     snapshots, history, start = _fine_tune(teacher, generator, source, cfg, s_init, dev, on_record, store)
     nodes = _choose_nodes(teacher, generator, source, cfg, s_init, dev, snapshots)
     stage1_seconds = time.perf_counter() - start  # fine-tuning and node selection: all of stage 1's cost
@@ -146,7 +144,7 @@ def _choose_nodes(teacher, generator, source, cfg: DegradationConfig, s_init, de
     """Distances of every snapshot to the teacher and to P_N on a fixed probe, then the nodes."""
     probe = make_probe(generator, source, s_init, cfg.probe_size, cfg.seed + 1, dev, cfg.P_mean, cfg.P_std)
     scratch, final = (frozen_copy(teacher.net, cfg.trained_nets, dev) for _ in range(2))
-    teacher_net = frozen(copy.deepcopy(teacher.net).to(dev))
+    teacher_net = frozen_copy(teacher.net, cfg.trained_nets, dev, adapters=False)
     load_trained_state(final, snapshots[cfg.k1])
     dist_teacher, dist_final = {}, {}
     for step, state in snapshots.items():

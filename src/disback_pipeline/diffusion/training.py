@@ -70,7 +70,9 @@ class EMA:
         if not rampup >= 0.0:
             raise ValueError(f"EMA rampup must be >= 0, got {rampup}")
         self.decay, self.rampup = float(decay), float(rampup)
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        # the average of the trained weights; frozen ones (the teacher's under LoRA) are shared, not copied
+        frozen_params = {id(p): p for p in net.parameters() if not p.requires_grad}
+        self.net = copy.deepcopy(net, memo=frozen_params).eval().requires_grad_(False)
 
     def decay_at(self, step: int | None) -> float:
         """The decay used at ``step`` (1-based; ``None``: the configured decay)."""
