@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -205,3 +206,28 @@ def test_channels_last_changes_only_the_layout():
     assert list(nhwc.generator_ema.net.state_dict()) == keys
     for a, b in zip(plain.generator_ema.net.parameters(), nhwc.generator_ema.net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # the same step up to the kernels' rounding
+
+
+def test_the_t2i_memory_estimate_counts_what_peft_adds_and_the_published_unet_sizes(tmp_path):
+    """benchmarks/t2i_memory.py: its adapter count equals the parameters peft adds to a UNet, its UNet configs give
+    the published sizes (SD-1.5 859.52 M, SDXL 2,567.46 M), and the memory model is 44 bytes a trained parameter."""
+    import t2i_memory
+
+    from disback_pipeline.diffusion.adapters import trainable_copy, trained_state
+    from disback_pipeline.diffusion.config import TrainedNetsConfig
+    from disback_pipeline.diffusion.diffusers_teacher import VPDenoiser
+    from disback_pipeline.tiny_t2i import tiny_unet
+
+    unet = tiny_unet(conditional=True)
+    net = trainable_copy(VPDenoiser(unet, torch.linspace(0.99, 0.01, 10)), TrainedNetsConfig(lora_rank=3), "cpu")
+    assert t2i_memory.lora_params(unet, 3) == sum(v.numel() for v in trained_state(net).values())
+    rows = {(r["unet"][:4], r["setting"]): r for r in t2i_memory.rows([4])}
+    assert rows[("SD-1", "whole weights")]["params"] == 859_520_964
+    assert rows[("SDXL", "whole weights")]["params"] == 2_567_463_684
+    full, lora = rows[("SDXL", "whole weights")], rows[("SDXL", "LoRA rank 4")]
+    assert full["bytes"] == 44 * full["params"] and lora["bytes"] == 4 * lora["params"] + 44 * lora["trained"]
+    md = tmp_path / "doc.md"
+    md.write_text("before\n<!-- memory -->\nold\n<!-- /memory -->\nafter\n")
+    assert t2i_memory.main(["--ranks", "4", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "old" not in text and "| SDXL class (1024 px) | 2,567.5 M | LoRA rank 4 |" in text and "after" in text

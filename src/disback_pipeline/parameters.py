@@ -5,7 +5,7 @@ The blocks of ``conf/<env>/parameters_*.yml``:
 - each pipeline's own: ``teacher``, ``degradation``, ``backtracking``, ``evaluation`` (``reference`` reads the
   evaluation's feature settings);
 - ``shared``: the values several pipelines read (whether backtracking is on, the generator's ``s_init``, the
-  teacher's sampler);
+  teacher's sampler and guidance, how stages 1 and 2 train their copies: ``trained_nets``);
 - the run as a whole, owned by no pipeline: ``data``, ``checkpointing``, ``distributed``;
 - ``compare``: per-arm overrides of ``shared``.
 
