@@ -231,3 +231,23 @@ def test_the_t2i_memory_estimate_counts_what_peft_adds_and_the_published_unet_si
     assert t2i_memory.main(["--ranks", "4", "--md", str(md)]) == 0
     text = md.read_text()
     assert "old" not in text and "| SDXL class (1024 px) | 2,567.5 M | LoRA rank 4 |" in text and "after" in text
+
+
+def test_the_t2i_step_benchmark_runs_stage_2s_step_whole_and_through_lora():
+    """benchmarks/t2i_step.py on the CPU (tiny UNet): the lanes build stage 2's networks as a run does, LoRA
+    trains only the adapters, and every lane steps."""
+    import t2i_step
+
+    whole = t2i_step.run_lane("tiny", "full", batch=2, iterations=1, device="cpu")
+    lora = t2i_step.run_lane("tiny", "lora+gc", batch=2, iterations=1, device="cpu")
+    assert whole["trained_parameters"] == whole["unet_parameters"] == 63772
+    assert lora["trained_parameters"] == t2i_memory_lora(64)
+    assert not whole["oom"] and not lora["oom"] and lora["generated_images_per_s"] > 0
+
+
+def t2i_memory_lora(rank: int) -> int:
+    import t2i_memory
+
+    from disback_pipeline.tiny_t2i import tiny_unet
+
+    return t2i_memory.lora_params(tiny_unet(conditional=True), rank)
