@@ -474,6 +474,11 @@ def test_lora_copies_share_the_teachers_tensors_train_only_their_adapters_and_fo
         load_state_strict(trainable_copy(teacher, TrainedNetsConfig(), "cpu"), trained_state(gen), "adapters")
     whole = trainable_copy(teacher, TrainedNetsConfig(), "cpu")
     assert not any(p.data_ptr() in ptrs for p in whole.parameters())  # full training: its own weights
+    import pickle
+
+    checkpointed = trainable_copy(teacher, TrainedNetsConfig(lora_rank=2, gradient_checkpointing=True), "cpu")
+    assert checkpointed.unet.is_gradient_checkpointing
+    pickle.dumps(checkpointed)  # data-parallel ranks hand their networks back to the launcher pickled
     with pytest.raises(ConfigError, match="lora_targets.*names no layer"):
         trainable_copy(teacher, TrainedNetsConfig(lora_rank=2, lora_targets=("no_such_layer",)), "cpu")
     from disback_pipeline.diffusion.backbones import build_network

@@ -17,6 +17,7 @@ generators start alike, and every rank of a data-parallel run builds the same co
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -90,8 +91,9 @@ def trainable_copy(net: nn.Module, cfg: TrainedNetsConfig, device) -> nn.Module:
     out = _copy(net, cfg, device).train()
     if not has_adapters(out):
         out.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        _unet(out, "gradient_checkpointing").enable_gradient_checkpointing()
+    if cfg.gradient_checkpointing:  # torch's own function (diffusers' default is a closure): the copy pickles
+        _unet(out, "gradient_checkpointing").enable_gradient_checkpointing(
+            functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False))
     return out
 
 
