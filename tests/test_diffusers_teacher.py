@@ -321,6 +321,19 @@ def test_the_exported_student_draws_generates_latents_in_diffusers_own_pipeline(
     assert images.shape == (2, 1, 8, 8)
     expected = (images[:, 0] * 255).round().numpy().astype(np.int16)
     assert np.abs(written.astype(np.int16) - expected).max() <= 1  # one grey level: rounding of [-1, 1] vs [0, 1]
+    # a prompts file: the i-th seed takes the i-th prompt (cycling), and the folder says which
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    assert generate([str(tmp_path / "generator_ema.pt"), "--seeds", "3-5", "--out", str(tmp_path / "each"),
+                     "--diffusers", str(teacher), "--prompts", str(tmp_path / "prompts.txt"), "--batch", "2"]) == 0
+    z5 = torch.randn((4, 4, 4), generator=torch.Generator().manual_seed(5))[None]
+    images = pipe(prompt=["a cat", "a dog", "a cat"], sigmas=[2.5, 0.0], guidance_scale=1.0,
+                  latents=torch.cat([z, z5]), output_type="pt").images
+    written = np.stack([np.asarray(Image.open(tmp_path / f"each/{s:06d}.png")) for s in (3, 4, 5)])
+    assert np.abs(written.astype(np.int16) - (images[:, 0] * 255).round().numpy().astype(np.int16)).max() <= 1
+    import pandas as pd
+
+    assert pd.read_csv(tmp_path / "each/prompts.csv").to_dict("list") == {"seed": [3, 4, 5],
+                                                                          "prompt": ["a cat", "a dog", "a cat"]}
     assert generate([str(tmp_path / "generator_ema.pt"), "--seeds", "0", "--out", str(tmp_path / "x"),
                      "--prompt", "a cat"]) == 2  # a prompt needs the folder whose encoder embeds it
 

@@ -8,7 +8,8 @@
 one PNG per seed (``000042.png``); 2-D data go to a .npy of float32 (N, 2).
 A one-step student (``role: generator``) samples in one step; a teacher runs
 the Heun sampler with ``--nfe`` evaluations. A student of a diffusers teacher takes the teacher's folder
-(``--diffusers``): its text encoder embeds ``--prompt``, its VAE decodes the latents.
+(``--diffusers``): its text encoder embeds ``--prompt`` (every sample) or ``--prompts FILE`` (the i-th seed takes
+the i-th prompt, cycling; a folder output gets ``prompts.csv``, seed and prompt), its VAE decodes the latents.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--diffusers", default=None, help="a diffusers teacher's folder: its text encoder embeds "
                     "--prompt, its VAE (if any) decodes the latents")
-    ap.add_argument("--prompt", default=None, help="text for every sample (with --diffusers; default: the empty one)")
+    text = ap.add_mutually_exclusive_group()
+    text.add_argument("--prompt", default=None, help="text for every sample (with --diffusers; default: the empty one)")
+    text.add_argument("--prompts", default=None, help="a prompts file (.txt one a line, .csv/.parquet a `prompt` "
+                      "column): the i-th seed takes the i-th prompt, cycling (with --diffusers)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -51,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         check_class(ckpt, args.class_label)
         sampler = SamplerConfig(nfe=args.nfe)
-        condition, decode = diffusers_parts(ckpt, args.diffusers, args.prompt)
+        prompts = [args.prompt] if args.prompt is not None else None
+        if args.prompts is not None:
+            from .diffusion.data import read_prompts
+
+            prompts = read_prompts(args.prompts)
+        condition, decode = diffusers_parts(ckpt, args.diffusers, prompts)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
@@ -75,18 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(out, arr_0=arr)
     else:
         write_pngs(out, seeds, arr)
+        if args.prompts is not None:
+            import pandas as pd
+
+            pd.DataFrame({"seed": seeds, "prompt": [prompts[i % len(prompts)] for i in range(len(seeds))]}).to_csv(
+                out / "prompts.csv", index=False)
     log.info("%d samples (%s) -> %s in %.1f s (%.0f samples/s)", len(seeds),
              "one step" if ckpt.metadata.get("role") == "generator" else f"Heun NFE {args.nfe}", out, elapsed,
              len(seeds) / elapsed)
     return 0
 
 
-def diffusers_parts(ckpt, folder: str | None, prompt: str | None):
-    """For a student of a diffusers teacher: the prompt's embedding (or None) and the latents' decoder (the identity
-    for pixel models)."""
+def diffusers_parts(ckpt, folder: str | None, prompts: list[str] | None):
+    """For a student of a diffusers teacher: the prompts' embeddings (the empty prompt's without prompts; None for
+    an unconditional model) and the latents' decoder (the identity for pixel models)."""
     if folder is None:
-        if prompt is not None:
-            raise ValueError("--prompt needs --diffusers FOLDER, the teacher's folder whose text encoder embeds it")
+        if prompts is not None:
+            raise ValueError("--prompt/--prompts need --diffusers FOLDER, the teacher's folder whose text encoder "
+                             "embeds them")
         return None, lambda x: x
     if ckpt.config.get("backbone") != "diffusers":
         raise ValueError(f"--diffusers is for students of a diffusers teacher; {ckpt.config.get('backbone')!r} is not")
@@ -95,9 +110,9 @@ def diffusers_parts(ckpt, folder: str | None, prompt: str | None):
 
     condition = None
     if ckpt.net.null_condition is not None:
-        condition = encode_prompts(folder, [prompt or ""])
-    elif prompt is not None:
-        raise ValueError("--prompt given, but the model is not text-conditioned")
+        condition = encode_prompts(folder, prompts or [""])
+    elif prompts is not None:
+        raise ValueError("--prompt/--prompts given, but the model is not text-conditioned")
     if not (Path(folder) / "vae").is_dir():
         return condition, lambda x: x
     vae = load_vae(folder)

@@ -67,7 +67,8 @@ def draw(ckpt: Checkpoint, seeds: list[int], batch: int = 64, class_label: int |
          condition: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Samples of ``ckpt`` for ``seeds``, ``batch`` at a time (CPU tensors in data units).
 
-    ``condition`` (1, tokens, width), a prompt's embedding, conditions every sample of a text-conditioned model.
+    ``condition`` (k, tokens, width), prompt embeddings, conditions the samples of a text-conditioned model: the
+    i-th seed's sample takes row i mod k (one row: every sample the same prompt).
 
     A one-step generator (``role: generator``) maps each latent in one step at its ``s_init``; a teacher
     runs the Heun sampler (``sampler``, NFE 35 by default). Vector data are computed one sample at a time
@@ -83,7 +84,7 @@ def draw(ckpt: Checkpoint, seeds: list[int], batch: int = 64, class_label: int |
         z = torch.stack([p[0] for p in pairs]).to(device)
         labels = torch.stack([p[1] for p in pairs]).to(device) if label_dim else None
         if condition is not None:
-            labels = condition.to(device).expand(len(z), -1, -1)
+            labels = condition[[(i + j) % len(condition) for j in range(len(z))]].to(device)
         chunks = [slice(j, j + 1) for j in range(len(z))] if len(shape) == 1 else [slice(0, len(z))]
         out = []
         for c in chunks:
