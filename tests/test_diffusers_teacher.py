@@ -253,8 +253,45 @@ def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(projec
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
     assert (metrics["teacher"]["guidance_scale"], metrics["teacher"]["nfe"],
             metrics["teacher"]["network_evaluations"]) == (2.0, 3, 6)  # guided: each Heun step runs twice
+    _check_lora_export(root, project.path, folder, student, layout, z)
     assert metrics["student"]["fid"] > 0 and metrics["teacher"]["fid"] > 0
     assert 0 <= metrics["student"]["clip_score"] <= 100 and 0 <= metrics["teacher"]["clip_score"] <= 100
+
+
+def _check_lora_export(root, out, folder, student, layout: str, z: torch.Tensor) -> None:
+    """The student leaves as a whole model folder and as LoRA weights for the teacher's own pipeline, and both draw
+    the same images."""
+    from disback_pipeline.export_diffusers import export, export_lora
+
+    assert student.metadata["lora_rank"] == 2
+    whole = export(root / "06_models/generator_ema.pt", out / "student", folder)
+    lora = export_lora(root / "06_models/generator_ema.pt", out / "student-lora", folder)
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    pipe = (diffusers.StableDiffusionXLPipeline if layout == "sdxl" else diffusers.StableDiffusionPipeline) \
+        .from_pretrained(whole, local_files_only=True)
+    call = {"prompt": ["a cat", "a dog"], "sigmas": [student.metadata["s_init"], 0.0], "guidance_scale": 1.0,
+            "latents": z, "output_type": "latent"}
+    want = pipe(**call).images
+    teacher_unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    before = {k: v.clone() for k, v in teacher_unet.state_dict().items()}
+    pipe.register_modules(unet=teacher_unet)
+    pipe.load_lora_weights(lora)
+    got = pipe(**call).images
+    assert close(got, want), float((got - want).abs().max())
+    # in the weights, where a few iterations move the student little: teacher + adapters = the student
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    fused, trained = pipe.unet.state_dict(), student.net.unet.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], trained[k])]
+    assert moved and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in moved)
+    margins = []
+    for k in moved:  # float32 rounding of W + B A: a few ulps of the weights, far below what the adapters move
+        delta, ulps = float((trained[k] - before[k]).abs().max()), 4 * 1.2e-7 * float(trained[k].abs().max())
+        assert float((fused[k] - trained[k]).abs().max()) <= ulps + 1e-3 * delta, k
+        margins.append(delta / ulps)
+    assert max(margins) > 10  # missing adapters would fail: they move the weights by more than the tolerance
+    with pytest.raises(CheckpointError, match="not a student trained through LoRA"):
+        export_lora(root / "06_models/teacher.pt", out / "teacher-lora", folder)
 
 
 @torch.no_grad()

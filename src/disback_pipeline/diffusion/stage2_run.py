@@ -198,6 +198,8 @@ def finish(teacher, source, cfg: DistillConfig, nets: Nets, run: Run, on_switch,
         run.switch_samples.append((cfg.budget, "final", on_switch(cfg.budget, "final", nets.ema.net)))
     meta = {"role": "generator", "s_init": cfg.s_init, "step": cfg.budget, "dataset": source.name, "seed": cfg.seed,
             "method": method, "loss": cfg.loss}
+    if cfg.trained_nets.lora:  # what `export_diffusers --lora` needs to write the adapters back out
+        meta.update(lora_rank=cfg.trained_nets.lora_rank, lora_targets=list(cfg.trained_nets.lora_targets))
     # LoRA adapters are folded into the weights: the student has the teacher's architecture and config
     gen_ckpt = Checkpoint(merged(frozen(nets.generator).cpu()), dict(teacher.config), {**meta, "weights": "raw"})
     ema = nets.ema.net.cpu()
