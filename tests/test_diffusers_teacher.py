@@ -253,6 +253,8 @@ def test_kedro_distill_in_the_tiny_t2i_env_with_lora_adapters_as_the_path(projec
     metrics = json.loads((root / "08_reporting/metrics.json").read_text())
     assert (metrics["teacher"]["guidance_scale"], metrics["teacher"]["nfe"],
             metrics["teacher"]["network_evaluations"]) == (2.0, 3, 6)  # guided: each Heun step runs twice
+    registered = json.loads((root / "08_reporting/registered_model.json").read_text())
+    assert registered["name"] == "digits-disback-di" and registered["version"] == 1  # in the MLflow registry
     _check_lora_export(root, project.path, folder, student, layout, z)
     assert metrics["student"]["fid"] > 0 and metrics["teacher"]["fid"] > 0
     assert 0 <= metrics["student"]["clip_score"] <= 100 and 0 <= metrics["teacher"]["clip_score"] <= 100
