@@ -55,6 +55,25 @@ def teacher_step(source, network: dict, batch: int):
     return lambda: train_step(opt, mean_loss, EDMLoss(), net, x, labels, device=torch.device("cpu"))
 
 
+def stage2_iteration(p: dict, source, teacher_net, overrides: dict):
+    """(config, closure) of one stage-2 iteration (r fake-score steps, one generator step) with the environment's
+    ``backtracking`` settings and ``overrides`` on top."""
+    from disback_pipeline.diffusion.checkpoint import Checkpoint
+
+    cfg = from_dict(DistillConfig, {**p["backtracking"], "s_init": p["shared"]["s_init"], "device": "cpu",
+                                     **overrides}, "backtracking")
+    dev = torch.device("cpu")
+    nets = _build_nets(Checkpoint(teacher_net, {}, {}), source, None, cfg, dev)
+    fake_loss, gen_loss = EDMLoss(), cfg.generator_loss()
+
+    def iteration():
+        for _ in range(cfg.fake_steps):
+            fake_score_step(nets, fake_loss, source, cfg, dev)
+        generator_step(nets, gen_loss, nets.teacher, source, cfg, dev)
+
+    return cfg, iteration
+
+
 def measure(step, repeats: int) -> tuple[float, float]:
     """(FLOPs of one call, median seconds over ``repeats`` calls after a warm-up)."""
     step()
@@ -114,7 +133,6 @@ def main(argv=None) -> int:
     p = env_params(args.env)
     source = make_data_source(p["data"])
     teacher_net = build_network(network_config_for(source, p["teacher"]["network"]))
-    dev = torch.device("cpu")
     rows = []
 
     # rows: (step, batch, FLOPs, seconds, steps in the default run, whether the default run takes it)
@@ -124,20 +142,8 @@ def main(argv=None) -> int:
     db = int(p["degradation"]["batch_size"])  # stage 1 fine-tunes the same network with the same loss
     rows.append(("stage-1 step", db, *measure(teacher_step(source, p["teacher"]["network"], db), args.repeats),
                  int(p["degradation"]["k1"]), True))
-    from disback_pipeline.diffusion.checkpoint import Checkpoint
-
-    teacher = Checkpoint(teacher_net, {}, {})
     for loss in ("di", "sid"):
-        cfg = from_dict(DistillConfig, {**p["backtracking"], "s_init": p["shared"]["s_init"], "loss": loss,
-                                         "device": "cpu"}, "backtracking")
-        nets = _build_nets(teacher, source, None, cfg, dev)
-        fake_loss, gen_loss = EDMLoss(), cfg.generator_loss()
-
-        def iteration(nets=nets, cfg=cfg, fake_loss=fake_loss, gen_loss=gen_loss):
-            for _ in range(cfg.fake_steps):
-                fake_score_step(nets, fake_loss, source, cfg, dev)
-            generator_step(nets, gen_loss, nets.teacher, source, cfg, dev)
-
+        cfg, iteration = stage2_iteration(p, source, teacher_net, {"loss": loss})
         rows.append((f"stage-2 iteration ({loss}, r = {cfg.fake_steps})", cfg.batch_size,
                      *measure(iteration, args.repeats), cfg.budget, loss == p["backtracking"]["loss"]))
     rows += evaluation_rows(p, source, teacher_net, args.repeats)
