@@ -251,3 +251,44 @@ def t2i_memory_lora(rank: int) -> int:
     from disback_pipeline.tiny_t2i import tiny_unet
 
     return t2i_memory.lora_params(tiny_unet(conditional=True), rank)
+
+
+def test_crops16_report_counts_stage_1_for_disback_only_and_keeps_on_held_out_latents(tmp_path):
+    import crops16_report
+
+    def run(method, recipe, seed, qualities, proxies, stage1):
+        return _curve("x", method, seed, qualities, seconds_per_it=0.5, stage1=stage1).assign(
+            recipe=recipe, select_quality=proxies).drop(columns="config")
+
+    r1, r2 = "backtracking.fake_steps=1,budget=300", "backtracking.fake_steps=2,budget=300"
+    curves = pd.concat([run("baseline", r1, 0, [9.0, 5.0, 6.0], [9.0, 5.5, 5.0], 0.0),
+                        run("baseline", r1, 1, [8.0, 7.0, 4.0], [8.0, 7.0, 4.5], 0.0),
+                        run("fixed", r2, 0, [9.0, 3.0, 5.0], [9.0, 3.0, 6.0], 20.0)])
+    counts = crops16_report.flop_counts("base", curves)  # digits: conf/base's networks, batch 64
+    (s1_base, it1), (s1_fixed, it2) = counts[("baseline", r1)], counts[("fixed", r2)]
+    assert s1_base == 0.0 and it1 == pytest.approx(18.5e9, rel=5e-3)  # benchmarks/STEP_COST.md's di, r = 1
+    assert s1_fixed == pytest.approx(300 * 6.16e9, rel=5e-3)  # k1 = 300 teacher-sized steps of 6.16 GFLOP
+    assert it2 > it1 + 3e9  # one more fake-score step
+    base, fixed = crops16_report.summary(curves, counts, teacher=2.0)
+    # baseline: seed 0 keeps iteration 300 (proxy 5.0; quality 6.0), seed 1 iteration 300 (4.0)
+    assert base["kept_at"] == [300, 300] and base["kept"] == pytest.approx(5.0)
+    assert base["final"] == pytest.approx(5.0) and base["tflop"] == pytest.approx(300 * it1 / 1e12)
+    assert fixed["kept_at"] == [200] and fixed["kept"] == pytest.approx(3.0)
+    assert fixed["tflop"] == pytest.approx((s1_fixed + 300 * it2) / 1e12) and fixed["seconds"] == pytest.approx(170)
+    row = "| DisBack (fixed K2) | fake_steps=2, budget=300 | 1 | 5 +- 0 | 3 +- 0 | 1.5x | 200 |"
+    assert row in crops16_report.table([base, fixed])
+    for method, part in curves.groupby("method"):  # the command: parts on disk -> comparison.md and .png
+        (tmp_path / method).mkdir()
+        part.to_csv(tmp_path / method / "curves.csv", index=False)
+        (tmp_path / method / "teachers.json").write_text(json.dumps({"digits": {"teacher_quality": 2.0}}))
+    crops16_report.main([str(tmp_path / "baseline"), str(tmp_path / "fixed"), "--env", "base", "--out",
+                         str(tmp_path / "out")])
+    assert row in (tmp_path / "out/comparison.md").read_text() and (tmp_path / "out/comparison.png").stat().st_size
+
+
+def test_crops16_report_names_a_part_without_curves(tmp_path, capsys):
+    import crops16_report
+
+    with pytest.raises(SystemExit):
+        crops16_report.main([str(tmp_path / "seeds_fixed"), "--out", str(tmp_path / "out")])
+    assert "no curves.csv in" in capsys.readouterr().err and not (tmp_path / "out").exists()
