@@ -83,7 +83,7 @@ def run(args) -> dict:
             "train_s": round(train_s, 1), "fid": round(fid, 3), "n_samples": n, "threads": args.threads,
             "class_share": [round(v, 3) for v in share], "class_tv": round(0.5 * sum(abs(v - 1 / len(share))
                                                                                      for v in share), 3),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+            "machine": f"{cpu_name()}, {torch.get_num_threads()} threads"}
 
 
 @torch.no_grad()
@@ -95,16 +95,28 @@ def class_share(features, x: torch.Tensor) -> list[float]:
     return (counts / counts.sum()).tolist()
 
 
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), else the architecture: rows from different CPUs differ (a
+    teacher and a domain extractor trained on another CPU round differently), so every row names its machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def report(folder: Path, md: Path) -> None:
     rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: (r["tflop"], r["fid"]))
+    rows.sort(key=lambda r: (r["machine"].split(",")[0], r["tflop"], r["fid"]))
     lines = ["| settings (over the environment) | steps | batch | GFLOP/step | TFLOP | s (here) | seed | domain-FID "
-             "| class TV |", "|---|---|---|---|---|---|---|---|---|"]
+             "| class TV | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or f"conf/{r.get('env', 'base')}"
         tv = f"{r['class_tv']:.3f}" if "class_tv" in r else "-"  # rows written before the column
         lines.append(f"| {sets} | {r['steps']} | {r['batch_size']} | {r['gflop_per_step']:.2f} | {r['tflop']:.1f} "
-                     f"| {r['train_s']:.0f} | {r['seed']} | {r['fid']:.2f} | {tv} |")
+                     f"| {r['train_s']:.0f} | {r['seed']} | {r['fid']:.2f} | {tv} | {r['machine'].split(',')[0]} |")
     text = md.read_text() if md.is_file() else ""
     head, sep, _ = text.partition("<!-- rows -->")
     md.write_text((head + sep if sep else "<!-- rows -->") + "\n" + "\n".join(lines) + "\n")
