@@ -5,7 +5,7 @@
 # the run in progress.
 #   bash benchmarks/crops16.sh tune          # 4 settings x 2 methods, seed 0 (the tuning budget, equal for both)
 #   bash benchmarks/crops16.sh seeds M:SETS  # method M (baseline | fixed) at its chosen settings, seeds 0-2
-#   bash benchmarks/crops16.sh long M:SETS   # the same at 3x the budget (1,500 iterations), seed 0
+#   bash benchmarks/crops16.sh long M:SETS   # the same at 3x the budget (1,500 iterations), seeds 0-1
 #   bash benchmarks/crops16.sh merge         # a report a part: benchmarks/crops16/report_{tune,seeds,long}/
 # The data: python -m disback_pipeline.crops data/01_raw/crops16 (the crops16 environment's defaults).
 set -euo pipefail
@@ -31,7 +31,7 @@ case "${1:-tune}" in
     [ $# -ge 2 ] || { echo "usage: $0 $1 METHOD:'--set k=v ...' (METHOD: baseline | fixed)" >&2; exit 2; }
     IFS=: read -r method sets <<<"$2"
     part=(--seeds 3)
-    [ "$1" = long ] && part=(--seeds 1 --budget 1500 --eval-every 250)
+    [ "$1" = long ] && part=(--seeds 2 --budget 1500 --eval-every 250)
     # shellcheck disable=SC2086
     "$PY" benchmarks/longrun.py "${RUN[@]}" "${part[@]}" --methods "$method" --out "$OUT/${1}_$method" $sets \
       >>"$OUT/${1}_$method.log" 2>&1 ;;
