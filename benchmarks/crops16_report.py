@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import longrun  # noqa: E402
 from convergence import env_params, parse_set  # noqa: E402
 from step_cost import count_flops, stage2_iteration, teacher_step  # noqa: E402
 
@@ -52,43 +52,38 @@ def flop_counts(env: str, curves: pd.DataFrame) -> dict:
     return counts
 
 
-def summary(curves: pd.DataFrame, counts: dict, teacher: float) -> list[dict]:
+def summary(curves: pd.DataFrame, counts: dict, teachers: dict) -> list[dict]:
+    """longrun's summary of each (method, recipe) (finals, kept students) with its FLOPs and seconds."""
     rows = []
-    for (method, recipe), sub in curves.groupby(["method", "recipe"], sort=False):
-        s1, it = counts[(method, recipe)]
-        finals = sub.sort_values("iteration").groupby("seed").last()
-        kept = sub.dropna(subset=["select_quality"]).sort_values("iteration").reset_index(drop=True)
-        kept = kept.loc[kept.groupby("seed")["select_quality"].idxmin()]
-        rows.append({"method": method, "recipe": recipe, "seeds": len(finals),
-                     "final": finals["quality"].mean(), "final_std": finals["quality"].std(),
-                     "kept": kept["quality"].mean(), "kept_std": kept["quality"].std(),
-                     "kept_at": sorted(int(i) for i in kept["iteration"]), "teacher": teacher,
-                     "tflop": (s1 + it * finals["iteration"].mean()) / 1e12, "stage1_tflop": s1 / 1e12,
-                     "gflop_per_iteration": it / 1e9, "seconds": finals["wall_clock_s"].mean(),
-                     "stage1_s": finals["stage1_s"].mean()})
+    for r in longrun.summarise(curves, teachers):
+        s1, it = counts[(r["method"], r["recipe"])]
+        sub = curves[(curves["method"] == r["method"]) & (curves["recipe"] == r["recipe"])]
+        seconds = sub.sort_values("iteration").groupby("seed").last()["wall_clock_s"].mean()
+        rows.append({**r, "tflop": (s1 + it * r["iterations"]) / 1e12, "stage1_tflop": s1 / 1e12,
+                     "gflop_per_iteration": it / 1e9, "seconds": seconds})
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    def pm(m, s):
-        return f"{m:.0f} +- {0.0 if math.isnan(s) else s:.0f}"
-
-    lines = [f"Teacher: domain-FID {rows[0]['teacher']:.1f}; students: 500 samples of the evaluation latents at "
-             "each evaluation; kept = the EMA generator of the evaluation with the best FID on held-out latents.", "",
+def table(rows: list[dict], n_eval: int) -> str:
+    lines = [f"Teacher: domain-FID {rows[0]['teacher_quality']:.1f}; students: {n_eval} samples of the evaluation "
+             "latents at each evaluation; kept = the EMA generator of the evaluation with the best FID on held-out "
+             "latents.", "",
              "| method | setting | seeds | final FID | kept FID | kept / teacher | kept at | TFLOP (stage 1) | "
              "GFLOP / iteration | seconds (stage 1) |", "|" + "---|" * 10]
     for r in rows:
         setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in
                             (i.split("=", 1) for i in r["recipe"].split(",")) if k != "backtracking.lr_fake")
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {setting} | {r['seeds']} | "
-                     f"{pm(r['final'], r['final_std'])} | {pm(r['kept'], r['kept_std'])} | "
-                     f"{r['kept'] / r['teacher']:.1f}x | {', '.join(map(str, r['kept_at']))} | "
+                     f"{r['final_quality_mean']:.0f} +- {r['final_quality_std']:.0f} | "
+                     f"{r['kept_quality_mean']:.0f} +- {r['kept_quality_std']:.0f} | "
+                     f"{r['kept_quality_mean'] / r['teacher_quality']:.1f}x | "
+                     f"{', '.join(map(str, sorted(r['kept_iterations'])))} | "
                      f"{r['tflop']:.1f} ({r['stage1_tflop']:.1f}) | {r['gflop_per_iteration']:.1f} | "
                      f"{r['seconds']:.0f} ({r['stage1_s']:.0f}) |")
     return "\n".join(lines) + "\n"
 
 
-def plot(curves: pd.DataFrame, counts: dict, teacher: float, file: Path) -> None:
+def plot(curves: pd.DataFrame, counts: dict, teacher: float, n_eval: int, file: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +102,7 @@ def plot(curves: pd.DataFrame, counts: dict, teacher: float, file: Path) -> None
         ax.axhline(teacher, color="k", ls="--", lw=0.8, label="teacher")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("domain-FID (500 samples)")
+        ax.set_ylabel(f"domain-FID ({n_eval} samples)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(file, dpi=90)
@@ -125,13 +120,17 @@ def main(argv=None) -> int:
     if missing:
         ap.error(f"no curves.csv in {', '.join(missing)}: run its part first (benchmarks/crops16.sh seeds ...)")
     curves = pd.concat([pd.read_csv(p / "curves.csv") for p in parts], ignore_index=True)
-    teacher = next(iter(json.loads((parts[0] / "teachers.json").read_text()).values()))["teacher_quality"]
+    teachers: dict = {}
+    for p in parts:
+        teachers.update(json.loads((p / "teachers.json").read_text()))
     counts = flop_counts(args.env, curves)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(summary(curves, counts, teacher))
+    rows = summary(curves, counts, teachers)
+    n_eval = int(teachers[rows[0]["data"]]["n_eval"])
+    text = table(rows, n_eval)
     (out / "comparison.md").write_text(text)
-    plot(curves, counts, teacher, out / "comparison.png")
+    plot(curves, counts, rows[0]["teacher_quality"], n_eval, out / "comparison.png")
     sys.stdout.write(text)
     return 0
 

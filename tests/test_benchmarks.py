@@ -269,18 +269,19 @@ def test_crops16_report_counts_stage_1_for_disback_only_and_keeps_on_held_out_la
     assert s1_base == 0.0 and it1 == pytest.approx(18.5e9, rel=5e-3)  # benchmarks/STEP_COST.md's di, r = 1
     assert s1_fixed == pytest.approx(300 * 6.16e9, rel=5e-3)  # k1 = 300 teacher-sized steps of 6.16 GFLOP
     assert it2 > it1 + 3e9  # one more fake-score step
-    base, fixed = crops16_report.summary(curves, counts, teacher=2.0)
+    teachers = {"ring": {"metric": "fid", "teacher_quality": 2.0, "n_eval": 500, "batch_size": 64}}
+    base, fixed = crops16_report.summary(curves, counts, teachers)
     # baseline: seed 0 keeps iteration 300 (proxy 5.0; quality 6.0), seed 1 iteration 300 (4.0)
-    assert base["kept_at"] == [300, 300] and base["kept"] == pytest.approx(5.0)
-    assert base["final"] == pytest.approx(5.0) and base["tflop"] == pytest.approx(300 * it1 / 1e12)
-    assert fixed["kept_at"] == [200] and fixed["kept"] == pytest.approx(3.0)
+    assert base["kept_iterations"] == [300, 300] and base["kept_quality_mean"] == pytest.approx(5.0)
+    assert base["final_quality_mean"] == pytest.approx(5.0) and base["tflop"] == pytest.approx(300 * it1 / 1e12)
+    assert fixed["kept_iterations"] == [200] and fixed["kept_quality_mean"] == pytest.approx(3.0)
     assert fixed["tflop"] == pytest.approx((s1_fixed + 300 * it2) / 1e12) and fixed["seconds"] == pytest.approx(170)
     row = "| DisBack (fixed K2) | fake_steps=2, budget=300 | 1 | 5 +- 0 | 3 +- 0 | 1.5x | 200 |"
-    assert row in crops16_report.table([base, fixed])
+    assert row in crops16_report.table([base, fixed], 500)
     for method, part in curves.groupby("method"):  # the command: parts on disk -> comparison.md and .png
         (tmp_path / method).mkdir()
         part.to_csv(tmp_path / method / "curves.csv", index=False)
-        (tmp_path / method / "teachers.json").write_text(json.dumps({"digits": {"teacher_quality": 2.0}}))
+        (tmp_path / method / "teachers.json").write_text(json.dumps(teachers))
     crops16_report.main([str(tmp_path / "baseline"), str(tmp_path / "fixed"), "--env", "base", "--out",
                          str(tmp_path / "out")])
     assert row in (tmp_path / "out/comparison.md").read_text() and (tmp_path / "out/comparison.png").stat().st_size
